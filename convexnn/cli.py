@@ -1,0 +1,282 @@
+"""Command line: `convexnn demo`, `convexnn fit`, `convexnn gap`.
+
+Exit codes: 0 success; 1 the solver failed (status reported); 2 bad input or usage;
+3 the problem is too large for the chosen solver (use another, or --force).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .cvxpy_solver import CVXPY_SOLVERS, ProblemSizeError
+from .dual import FIT_SOLVERS, ConvexDualDenoiser
+from .gap import gap_report
+from .losses import LOSSES
+from .problem import ConvexSolverError
+
+EPILOG = """examples:
+  convexnn demo                                  # 2 MNIST digits, exact CVXPY dual, ~1 min
+  convexnn demo --n-train 4 --patterns 50 --out results/demo4
+  convexnn fit --clean my_images/ --sigma 0.1 --out results/mine
+  convexnn fit --pairs pairs.npz --patterns 40 --cvxpy-solver SCS
+  convexnn gap results/mine/model.safetensors --pairs pairs.npz
+"""
+
+
+class _Log:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.perf_counter() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _add_model_args(p: argparse.ArgumentParser, patterns: int) -> None:
+    g = p.add_argument_group("model (paper eq. 4)")
+    g.add_argument("--kernel-size", type=int, default=3, help="odd first-layer kernel size k")
+    g.add_argument("--patterns", type=int, default=patterns,
+                   help="number of sampled sign patterns P (default %(default)s)")
+    g.add_argument("--beta", type=float, default=1e-3, help="weight decay beta (default 1e-3)")
+    g.add_argument("--loss", choices=LOSSES, default="squared", help="data loss (App. E)")
+    g.add_argument("--residual", action="store_true", help="residual network (Corollary 1.1)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the generators and the noise")
+    s = p.add_argument_group("solver")
+    s.add_argument("--solver", choices=sorted(FIT_SOLVERS), default="cvxpy",
+                   help="how to solve eq. 4 (default cvxpy: exact conic)")
+    s.add_argument("--cvxpy-solver", choices=CVXPY_SOLVERS, default="CLARABEL",
+                   help="conic solver behind cvxpy (MOSEK needs a license)")
+    s.add_argument("--force", action="store_true",
+                   help="build a CVXPY problem even when its size estimate says it will not fit")
+
+
+def _add_output_args(p: argparse.ArgumentParser, default_out: str) -> None:
+    o = p.add_argument_group("output")
+    o.add_argument("--out", default=default_out, help="output folder (default %(default)s)")
+    o.add_argument("--quiet", action="store_true", help="no progress lines")
+    o.add_argument("--json", action="store_true", help="print the report as JSON, not a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="convexnn",
+        description="Train two-layer convolutional ReLU denoisers through their exact convex "
+                    "dual (Sahiner et al., ICLR 2021), rebuild the primal network and report "
+                    "the duality gap.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = sub.add_parser(
+        "demo", help="exact dual on the bundled MNIST digits: gap table, JSON and PNG",
+        description="Denoise real MNIST test digits (shipped with the package): sample sign "
+                    "patterns, solve eq. 4 exactly, rebuild the primal network (eq. 5), print "
+                    "the gap report and write gap_report.json, demo.png and model.safetensors.")
+    demo.add_argument("--n-train", type=int, default=2, help="training digits (default 2)")
+    demo.add_argument("--n-test", type=int, default=6, help="held-out test digits (default 6)")
+    demo.add_argument("--sigma", type=float, default=0.5,
+                      help="Gaussian noise std on normalised pixels (default 0.5)")
+    _add_model_args(demo, patterns=30)
+    _add_output_args(demo, "convexnn_out/demo")
+
+    fit = sub.add_parser(
+        "fit", help="fit the convex dual on your own images",
+        description="Fit the convex dual denoiser on your images: --pairs (an .npz with 'noisy' "
+                    "and 'clean' arrays, or a folder with noisy/ and clean/ subfolders), or "
+                    "--clean (an .npy/.npz file or a folder of PNG/JPG/BMP/TIF) with --noisy or "
+                    "--sigma to add seeded Gaussian noise. Images are (n, H, W) or (n, C, H, W).")
+    src = fit.add_argument_group("data")
+    src.add_argument("--pairs", help="noisy/clean pairs (.npz or folder)")
+    src.add_argument("--clean", help="clean images (.npy, .npz or image folder)")
+    src.add_argument("--noisy", help="noisy images matching --clean")
+    src.add_argument("--sigma", type=float, help="add Gaussian noise of this std to --clean")
+    src.add_argument("--test-fraction", type=float, default=0.0,
+                     help="hold out this fraction of the images for a test report")
+    _add_model_args(fit, patterns=30)
+    _add_output_args(fit, "convexnn_out/fit")
+
+    gap = sub.add_parser("gap", help="gap report of a saved model on data",
+                         description="Load a model written by `convexnn fit/demo` and report "
+                                     "dual vs rebuilt-primal objective on the given pairs.")
+    gap.add_argument("model", help="model.safetensors")
+    gap.add_argument("--pairs", required=True, help="noisy/clean pairs (.npz or folder)")
+    gap.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def _fit_and_report(noisy: torch.Tensor, clean: torch.Tensor, test: tuple | None,
+                    args: argparse.Namespace, log: _Log, display=None) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = ConvexDualDenoiser(kernel_size=args.kernel_size, n_patterns=args.patterns,
+                               beta=args.beta, loss=args.loss, residual=args.residual,
+                               seed=args.seed)
+    options: dict[str, Any] = {}
+    if args.solver == "cvxpy":
+        options = {"cvxpy_solver": args.cvxpy_solver, "force": args.force}
+    n, _, h, w = noisy.shape
+    log(f"solving eq. 4 with {args.solver}"
+        + (f"/{args.cvxpy_solver}" if args.solver == "cvxpy" else "")
+        + f": {n} images of {h}x{w} (N = {n * h * w} pixels), P = {args.patterns} sampled "
+          f"patterns, beta = {args.beta}")
+    model.fit(noisy, clean, solver=args.solver, **options)
+    sel = model.pattern_selection_
+    log(f"solved: status {model.solve_info_.status}, {model.solve_info_.total_seconds:.1f}s "
+        f"({sel.n_sampled} generators -> {model.generators_.shape[0]} distinct patterns)")
+    report = gap_report(model, noisy, clean)
+    primal = model.to_primal()
+    result: dict[str, Any] = {"config": {k: v for k, v in vars(args).items()
+                                         if k not in ("quiet", "json")},
+                              "train": report.to_dict(),
+                              "patterns": {"sampled": sel.n_sampled,
+                                           "duplicates": sel.n_duplicates,
+                                           "all_zero": sel.n_all_zero}}
+    show = [(noisy, clean, "train")]
+    if test is not None:
+        tn, tc = test
+        with torch.no_grad():
+            dual_pred = model.predict(tn)
+            primal_pred = primal(tn.to(torch.float64))
+        result["test"] = {
+            "n_images": int(tn.shape[0]),
+            "dual_objective_mean": model.objective(tn, tc, "mean"),
+            "primal_objective_mean": primal.objective(tn, tc, model.beta, "mean", model.loss_),
+            "max_violation": model.constraint_violation(tn).max,
+            "max_prediction_difference": float((dual_pred - primal_pred).abs().max()),
+        }
+        show.append((tn, tc, "test"))
+    # reconstruction grid: clean / noisy / dual / primal
+    xs = torch.cat([s[0] for s in show]).to(torch.float64)
+    ys = torch.cat([s[1] for s in show]).to(torch.float64)
+    labels = [f"{s[2]} {i}" for s in show for i in range(s[0].shape[0])]
+    with torch.no_grad():
+        cols = [("clean", ys[:, 0]), ("noisy", xs[:, 0]), ("dual (eq. 4)", model.predict(xs)[:, 0]),
+                ("primal (eq. 5)", primal(xs)[:, 0])]
+    cols = [(name, (display(a) if display else a).numpy()) for name, a in cols]
+    from .io import save_model
+    from .plotting import psnr, save_reconstruction_grid
+
+    result["psnr"] = {name: [psnr(a[i], cols[0][1][i]) for i in range(len(labels))]
+                      for name, a in cols[1:]}
+    result["psnr_rows"] = labels
+    png = save_reconstruction_grid(out / "reconstructions.png", cols, labels,
+                                   title=f"relative duality gap {report.relative_gap:.1e}")
+    model_path = save_model(model, out / "model.safetensors")
+    result["files"] = {"report": str(out / "gap_report.json"), "figure": str(png),
+                       "model": str(model_path)}
+    (out / "gap_report.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(report.to_table())
+        if "test" in result:
+            t = result["test"]
+            print(f"\nheld-out ({t['n_images']} images): dual objective (mean) "
+                  f"{t['dual_objective_mean']:.6g}, primal {t['primal_objective_mean']:.6g}, "
+                  f"max |dual - primal| {t['max_prediction_difference']:.2e}")
+        print(f"\nwrote {result['files']['report']}, {png}, {model_path}")
+    log("done")
+    return result
+
+
+def _demo(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
+    from .data import NoiseConfig, add_noise, denormalize_mnist, mnist_denoising_split
+
+    log(f"loading {args.n_train} + {args.n_test} MNIST digits (shipped official test set)")
+    split = mnist_denoising_split(n_train=args.n_train, n_test=max(args.n_test, 1),
+                                  seed=args.seed, dtype=torch.float64)
+    noise = NoiseConfig("gaussian", args.sigma, args.seed)
+    train_noisy = add_noise(split.train_clean, noise)
+    test_noisy = add_noise(split.test_clean, NoiseConfig("gaussian", args.sigma, args.seed + 1))
+    test = (test_noisy, split.test_clean) if args.n_test > 0 else None
+    return _fit_and_report(train_noisy, split.train_clean, test, args, log,
+                           display=lambda a: denormalize_mnist(a) / 255.0)
+
+
+def _load_training_data(args: argparse.Namespace):
+    from .data import NoiseConfig, add_noise, load_image_pairs, load_images
+
+    if args.pairs:
+        if args.clean or args.noisy or args.sigma is not None:
+            raise ValueError("give either --pairs, or --clean with --noisy or --sigma")
+        noisy, clean = load_image_pairs(args.pairs)
+    elif args.clean:
+        clean = load_images(args.clean)
+        if (args.noisy is None) == (args.sigma is None):
+            raise ValueError("with --clean, give exactly one of --noisy and --sigma")
+        noisy = load_images(args.noisy) if args.noisy else add_noise(
+            clean, NoiseConfig("gaussian", args.sigma, args.seed))
+    else:
+        raise ValueError("no data: give --pairs PATH, or --clean PATH with --noisy/--sigma")
+    noisy = torch.as_tensor(np.asarray(noisy, dtype=np.float64))
+    clean = torch.as_tensor(np.asarray(clean, dtype=np.float64))
+    if clean.ndim == 4 and clean.shape[1] != 1:
+        raise ValueError(f"clean images must have one channel (one output per pixel), got "
+                         f"{clean.shape[1]}")
+    return noisy, clean
+
+
+def _fit(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
+    noisy, clean = _load_training_data(args)
+    if not 0.0 <= args.test_fraction < 1.0:
+        raise ValueError(f"--test-fraction: expected a value in [0, 1), got {args.test_fraction}")
+    n_test = int(round(args.test_fraction * noisy.shape[0]))
+    if n_test >= noisy.shape[0]:
+        raise ValueError("--test-fraction leaves no training images")
+    test = None
+    if n_test > 0:
+        test = (noisy[-n_test:], clean[-n_test:])
+        noisy, clean = noisy[:-n_test], clean[:-n_test]
+    log(f"loaded {noisy.shape[0]} training images of shape {tuple(noisy.shape[1:])}")
+    return _fit_and_report(noisy, clean, test, args, log)
+
+
+def _gap(args: argparse.Namespace) -> dict[str, Any]:
+    from .data import load_image_pairs
+    from .io import load_model
+
+    model = load_model(args.model)
+    if not isinstance(model, ConvexDualDenoiser):
+        raise ValueError(f"{args.model} holds a primal network; the gap report needs a dual model")
+    noisy, clean = load_image_pairs(args.pairs)
+    report = gap_report(model, noisy, clean)
+    print(report.to_json() if args.json else report.to_table())
+    return report.to_dict()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    log = _Log(getattr(args, "quiet", False))
+    try:
+        if args.command == "demo":
+            _demo(args, log)
+        elif args.command == "fit":
+            _fit(args, log)
+        else:
+            _gap(args)
+    except ProblemSizeError as exc:
+        print(f"convexnn: problem too large: {exc}", file=sys.stderr)
+        return 3
+    except ConvexSolverError as exc:
+        print(f"convexnn: solver failed ({exc.status}): {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"convexnn: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""`ConvexDualDenoiser`: the exact convex dual (eq. 4) of the two-layer conv ReLU denoiser.
+
+Estimator API in the scikit-learn style: hyper-parameters in `__init__`, `fit(noisy, clean,
+solver=...)`, fitted attributes ending in `_`, `predict`. It is also a torch module with the
+denoiser call convention `model(x, sigma=None)`, so it plugs into the iterative solvers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._validation import as_images, as_targets, check_choice, check_kernel_size, check_positive
+from .gated import HingeViolation, gated_predict, hinge_violation
+from .losses import LOSSES, Loss
+from .patterns import PatternSelection, check_generators, sample_generators, select_unique_patterns
+from .primal import TwoLayerConvDenoiser
+from .problem import DualProblem, DualSolution, SolveInfo
+
+__all__ = ["ConvexDualDenoiser", "FIT_SOLVERS"]
+
+# solver name -> (module, solve function, config class); modules are imported on first use.
+FIT_SOLVERS: dict[str, tuple[str, str, str]] = {
+    "cvxpy": ("convexnn.cvxpy_solver", "solve_cvxpy", "CvxpyConfig"),
+    "admm": ("convexnn.admm", "solve_admm", "AdmmConfig"),
+}
+
+
+def _solver_entry(name: str):
+    name = check_choice(name, "solver", tuple(FIT_SOLVERS))
+    module_name, fn_name, config_name = FIT_SOLVERS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, fn_name), getattr(module, config_name)
+
+
+def _make_config(config_cls, config, options: dict[str, Any]):
+    if config is not None and not isinstance(config, config_cls):
+        raise TypeError(f"config: expected {config_cls.__name__}, got {type(config).__name__}")
+    names = {f.name for f in fields(config_cls)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for this solver; "
+                        f"{config_cls.__name__} accepts {sorted(names)}")
+    if config is None:
+        return config_cls(**options)
+    if options:
+        values = {f.name: getattr(config, f.name) for f in fields(config_cls)}
+        values.update(options)
+        return config_cls(**values)
+    return config
+
+
+class ConvexDualDenoiser(nn.Module):
+    """Convex dual of `TwoLayerConvDenoiser` (eq. 4), solved over sampled sign patterns.
+
+    Parameters
+    ----------
+    kernel_size : odd first-layer kernel size k ('same' padding).
+    n_patterns : number of Gaussian generator filters to sample (ignored with `generators`).
+    beta : weight-decay parameter of eq. 2 (group-norm weight of eq. 4), > 0.
+    loss : "squared" (eq. 4), "l1" or "huber" (Appendix E); `huber_delta` its threshold.
+    residual : fit `clean - noisy` and add the input back (Corollary 1.1).
+    generators : optional explicit generator filters `(P, C, k, k)`.
+    dedupe : drop generators whose pattern on the training set repeats one already kept,
+        and generators whose pattern is all zero (neither changes the optimum).
+    seed : seed of the generator sampling.
+
+    Fitted attributes: `generators_`, `v_`, `w_` (P, C, k, k) float64, `objective_` (dual
+    objective, reduction="sum"), `solve_info_`, `history_`, `pattern_selection_`,
+    `n_channels_`.
+    """
+
+    def __init__(self, kernel_size: int = 3, n_patterns: int = 8000, beta: float = 1e-3,
+                 loss: str = "squared", residual: bool = False, generators=None,
+                 seed: int | None = 0, huber_delta: float = 1.0, dedupe: bool = True) -> None:
+        super().__init__()
+        self.kernel_size = check_kernel_size(kernel_size)
+        if generators is None and (isinstance(n_patterns, bool) or not isinstance(
+                n_patterns, int) or n_patterns < 1):
+            raise ValueError(f"n_patterns: expected a positive integer, got {n_patterns!r}")
+        self.n_patterns = n_patterns
+        self.beta = check_positive(beta, "beta")
+        self.loss = check_choice(loss, "loss", LOSSES)
+        self.huber_delta = check_positive(huber_delta, "huber_delta")
+        self.residual = bool(residual)
+        self.generators = generators
+        self.seed = seed
+        self.dedupe = bool(dedupe)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def loss_(self) -> Loss:
+        return Loss(self.loss, self.huber_delta)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "v_"):
+            raise RuntimeError("this ConvexDualDenoiser is not fitted yet: call fit(noisy, "
+                               "clean, solver=...) or load a saved model first")
+
+    def _inputs(self, noisy, name: str = "noisy") -> torch.Tensor:
+        x = as_images(noisy, name, dtype=torch.float64)
+        if hasattr(self, "n_channels_") and x.shape[1] != self.n_channels_:
+            raise ValueError(f"{name}: the model was fitted on {self.n_channels_} channel(s), "
+                             f"got images with {x.shape[1]}")
+        return x
+
+    def get_params(self) -> dict[str, Any]:
+        return {"kernel_size": self.kernel_size, "n_patterns": self.n_patterns,
+                "beta": self.beta, "loss": self.loss, "residual": self.residual,
+                "seed": self.seed, "huber_delta": self.huber_delta, "dedupe": self.dedupe}
+
+    # ------------------------------------------------------------------ fitting
+    def make_problem(self, noisy, clean, eval_set=None) -> DualProblem:
+        """Validate data, sample/check generators, select unique patterns (sets
+        `generators_`, `pattern_selection_`, `n_channels_`) and return the eq. 4 instance."""
+        x = as_images(noisy, "noisy", dtype=torch.float64)
+        y = as_targets(clean, x)
+        c = x.shape[1]
+        if self.residual and c != 1:
+            raise ValueError(f"residual=True needs one-channel inputs, got {c} channels")
+        if self.generators is not None:
+            g = check_generators(self.generators, c, self.kernel_size).to(torch.float64)
+        else:
+            g = sample_generators(self.n_patterns, c, self.kernel_size, self.seed)
+        if self.dedupe:
+            selection = select_unique_patterns(x, g)
+        else:
+            selection = PatternSelection(torch.arange(g.shape[0]), g.shape[0], 0, 0)
+        if selection.keep.numel() == 0:
+            raise ValueError("every generator gives the all-zero sign pattern on these images; "
+                             "pass other generators or more patterns")
+        self.n_channels_ = c
+        self.generators_ = g[selection.keep].contiguous()
+        self.pattern_selection_ = selection
+        target = y - x if self.residual else y
+        problem = DualProblem(x, target, self.generators_, self.beta, self.loss_)
+        if eval_set is not None:
+            if not isinstance(eval_set, (tuple, list)) or len(eval_set) != 2:
+                raise TypeError("eval_set: expected a pair (noisy, clean) of held-out images")
+            xe = as_images(eval_set[0], "eval_set noisy", dtype=torch.float64)
+            if xe.shape[1:] != x.shape[1:]:
+                raise ValueError(f"eval_set: expected images of shape (n, {c}, {x.shape[2]}, "
+                                 f"{x.shape[3]}) like the training set, got {tuple(xe.shape)}")
+            ye = as_targets(eval_set[1], xe, "eval_set clean")
+            problem.eval_noisy = xe
+            problem.eval_target = ye - xe if self.residual else ye
+        return problem
+
+    def fit(self, noisy, clean, solver: str = "cvxpy", config=None, eval_set=None,
+            **options: Any) -> ConvexDualDenoiser:
+        """Solve eq. 4 on training pairs with `solver` (see `FIT_SOLVERS`).
+
+        Solver options go in `config` (the solver's dataclass, e.g. `CvxpyConfig`) or as
+        keywords (`cvxpy_solver="SCS"`, `force=True`, ...). `eval_set=(noisy, clean)` is a
+        held-out pair that iterative solvers score every epoch in `history_`. Raises
+        `ConvexSolverError` when the solver does not reach a trustworthy solution.
+        """
+        solve, config_cls = _solver_entry(solver)
+        cfg = _make_config(config_cls, config, options)
+        t0 = time.perf_counter()
+        problem = self.make_problem(noisy, clean, eval_set)
+        t_patterns = time.perf_counter() - t0
+        solution: DualSolution = solve(problem, cfg)
+        self._set_solution(solution)
+        self.solve_info_.details["pattern_seconds"] = t_patterns
+        self.objective_ = self.objective(problem.noisy, clean, reduction="sum")
+        self.solve_info_.details["fit_seconds"] = time.perf_counter() - t0
+        return self
+
+    def _set_solution(self, solution: DualSolution) -> None:
+        self.v_ = solution.v.to(torch.float64).cpu().contiguous()
+        self.w_ = solution.w.to(torch.float64).cpu().contiguous()
+        self.solve_info_: SolveInfo = solution.info
+        self.history_ = list(solution.history)
+
+    # ------------------------------------------------------------------ inference
+    def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        """Gated dual network on `(B, C, H, W)` in x's dtype/device (differentiable in x)."""
+        self._check_fitted()
+        if x.ndim != 4 or x.shape[1] != self.n_channels_:
+            raise ValueError(f"expected input (B, {self.n_channels_}, H, W), "
+                             f"got {tuple(x.shape)}")
+        out = gated_predict(x, self.generators_, self.v_ - self.w_)
+        return out + x if self.residual else out
+
+    def predict(self, noisy, batch_size: int = 64) -> torch.Tensor:
+        """Dual prediction `sum_i D_i(x) conv(x, v_i - w_i)` (+ x), `(n, 1, H, W)` float64."""
+        self._check_fitted()
+        x = self._inputs(noisy)
+        with torch.no_grad():
+            return torch.cat([self(x[i:i + batch_size])
+                              for i in range(0, x.shape[0], batch_size)])
+
+    def group_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(||v_i||_2, ||w_i||_2)` for every pattern i."""
+        self._check_fitted()
+        return self.v_.flatten(1).norm(dim=1), self.w_.flatten(1).norm(dim=1)
+
+    def objective(self, noisy, clean, reduction: str = "sum") -> float:
+        """Dual objective of eq. 4 (Appendix E loss) at the fitted point on these images."""
+        x = self._inputs(noisy)
+        y = as_targets(clean, x)
+        nv, nw = self.group_norms()
+        data = self.loss_(self.predict(x), y, reduction)
+        return float(data + self.beta * (nv.sum() + nw.sum()))
+
+    def constraint_violation(self, noisy) -> HingeViolation:
+        """Max, total and relative hinge violation of eq. 4's constraints on these images."""
+        self._check_fitted()
+        return hinge_violation(self._inputs(noisy), self.generators_, self.v_, self.w_)
+
+    # ------------------------------------------------------------------ primal
+    def to_primal(self, tol: float = 0.0) -> TwoLayerConvDenoiser:
+        """Primal weights of eq. 5: `u = v / sqrt(||v||)`, `alpha = +-sqrt(||v||)`.
+
+        Groups with norm <= `tol * max norm` are dropped (their contribution is below the
+        tolerance); `tol=0` keeps every non-zero group.
+        """
+        nv, nw = self.group_norms()
+        norms = torch.cat([nv, nw])
+        filters = torch.cat([self.v_, self.w_])
+        signs = torch.cat([torch.ones_like(nv), -torch.ones_like(nw)])
+        cut = tol * float(norms.max()) if norms.numel() else 0.0
+        keep = norms > cut
+        if not bool(keep.any()):
+            first = torch.zeros((1,) + tuple(self.v_.shape[1:]), dtype=torch.float64)
+            return TwoLayerConvDenoiser.from_weights(first, torch.zeros(1, dtype=torch.float64),
+                                                     self.residual)
+        root = norms[keep].sqrt()
+        first = filters[keep] / root.reshape(-1, 1, 1, 1)
+        return TwoLayerConvDenoiser.from_weights(first, signs[keep] * root, self.residual)

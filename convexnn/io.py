@@ -1,0 +1,91 @@
+"""Save and load fitted models as safetensors: tensors plus a JSON header, never a pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .dual import ConvexDualDenoiser
+from .primal import TwoLayerConvDenoiser
+
+__all__ = ["save_model", "load_model", "atomic_save_safetensors"]
+
+_FORMAT = "convexnn-model-v1"
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str]) -> None:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: ConvexDualDenoiser | TwoLayerConvDenoiser, path: str | Path) -> Path:
+    """Save a fitted `ConvexDualDenoiser` or a `TwoLayerConvDenoiser` to `path` (.safetensors)."""
+    path = Path(path)
+    if isinstance(model, ConvexDualDenoiser):
+        model._check_fitted()
+        tensors = {"generators": model.generators_, "v": model.v_, "w": model.w_}
+        header = {"kind": "dual", "params": model.get_params(),
+                  "objective": float(model.objective_) if hasattr(model, "objective_") else None,
+                  "n_channels": int(model.n_channels_), "solver": model.solve_info_.solver,
+                  "status": model.solve_info_.status}
+    elif isinstance(model, TwoLayerConvDenoiser):
+        tensors = {"conv1": model.conv1.weight, "conv2": model.conv2.weight.reshape(-1)}
+        header = {"kind": "primal", "residual": model.residual}
+    else:
+        raise TypeError(f"save_model: expected ConvexDualDenoiser or TwoLayerConvDenoiser, "
+                        f"got {type(model).__name__}")
+    atomic_save_safetensors(tensors, path, {"format": _FORMAT, "header": json.dumps(header)})
+    return path
+
+
+def load_model(path: str | Path) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
+    """Load a model written by `save_model` (safetensors: no code is ever unpickled)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a convexnn safetensors model file ({exc})") from None
+    if meta.get("format") != _FORMAT:
+        raise ValueError(f"{path}: expected a '{_FORMAT}' file written by convexnn.save_model, "
+                         f"got format {meta.get('format')!r}")
+    header = json.loads(meta["header"])
+    if header["kind"] == "primal":
+        return TwoLayerConvDenoiser.from_weights(tensors["conv1"], tensors["conv2"],
+                                                 bool(header["residual"]))
+    params = dict(header["params"])
+    model = ConvexDualDenoiser(generators=tensors["generators"], **params)
+    model.n_channels_ = int(header["n_channels"])
+    model.generators_ = tensors["generators"].to(torch.float64)
+    model.v_ = tensors["v"].to(torch.float64)
+    model.w_ = tensors["w"].to(torch.float64)
+    from .problem import SolveInfo
+
+    model.solve_info_ = SolveInfo(solver=header.get("solver", "loaded"),
+                                  status=header.get("status", "loaded"))
+    model.history_ = []
+    if header.get("objective") is not None:
+        model.objective_ = float(header["objective"])
+    return model

@@ -1,0 +1,79 @@
+"""The primal two-layer convolutional ReLU denoiser of paper eq. 1-2."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ._validation import as_images, as_targets, check_kernel_size, check_positive
+from .losses import Loss
+
+__all__ = ["TwoLayerConvDenoiser"]
+
+
+class TwoLayerConvDenoiser(nn.Module):
+    """`f(x) = sum_j (x * u_j)_+ alpha_j` (+ x if residual), eq. 1; Corollary 1.1 for residual.
+
+    First layer: conv `C -> m`, k x k, stride 1, 'same' zero padding, no bias; ReLU; second
+    layer: conv `m -> 1`, 1 x 1, no bias. Kaiming-uniform initialisation (paper App. B).
+    Called as `denoiser(x, sigma=None)` on `(B, C, H, W)` like every convexnn/deepinv denoiser.
+    """
+
+    def __init__(self, in_channels: int = 1, n_filters: int = 512, kernel_size: int = 3,
+                 residual: bool = False, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        kernel_size = check_kernel_size(kernel_size)
+        if in_channels < 1 or n_filters < 1:
+            raise ValueError(f"expected in_channels >= 1 and n_filters >= 1, got "
+                             f"{in_channels} and {n_filters}")
+        if residual and in_channels != 1:
+            raise ValueError(f"residual=True adds the input to a one-channel output, so it "
+                             f"needs in_channels == 1, got {in_channels}")
+        self.in_channels = in_channels
+        self.n_filters = n_filters
+        self.kernel_size = kernel_size
+        self.residual = bool(residual)
+        self.conv1 = nn.Conv2d(in_channels, n_filters, kernel_size, padding=kernel_size // 2,
+                               bias=False, dtype=dtype)
+        self.conv2 = nn.Conv2d(n_filters, 1, 1, bias=False, dtype=dtype)
+        nn.init.kaiming_uniform_(self.conv1.weight, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.conv2.weight, a=math.sqrt(5))
+
+    @classmethod
+    def from_weights(cls, first: torch.Tensor, second: torch.Tensor,
+                     residual: bool = False) -> TwoLayerConvDenoiser:
+        """Build from first-layer filters `(m, C, k, k)` and second-layer weights `(m,)`."""
+        if first.ndim != 4 or second.ndim != 1 or first.shape[0] != second.shape[0]:
+            raise ValueError(f"expected first (m, C, k, k) and second (m,), got "
+                             f"{tuple(first.shape)} and {tuple(second.shape)}")
+        net = cls(first.shape[1], first.shape[0], first.shape[-1], residual, dtype=first.dtype)
+        with torch.no_grad():
+            net.conv1.weight.copy_(first)
+            net.conv2.weight.copy_(second.reshape(1, -1, 1, 1))
+        return net
+
+    def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        out = self.conv2(torch.relu(self.conv1(x)))
+        if self.residual:
+            out = out + x
+        return out
+
+    def weight_decay(self) -> torch.Tensor:
+        """`||U||_F^2 + ||alpha||^2` (the bracket of eq. 2)."""
+        return self.conv1.weight.pow(2).sum() + self.conv2.weight.pow(2).sum()
+
+    def objective(self, noisy, clean, beta: float, reduction: str = "sum",
+                  loss: str | Loss = "squared") -> float:
+        """Eq. 2: `l(f(noisy), clean) + beta/2 (||U||_F^2 + ||alpha||^2)`, as a float."""
+        beta = check_positive(beta, "beta")
+        loss = loss if isinstance(loss, Loss) else Loss(loss)
+        p = self.conv1.weight
+        x = as_images(noisy, "noisy", dtype=p.dtype, device=p.device)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"noisy: expected {self.in_channels} channel(s), got {x.shape[1]}")
+        y = as_targets(clean, x)
+        with torch.no_grad():
+            value = loss(self(x), y, reduction) + 0.5 * beta * self.weight_decay()
+        return float(value)

@@ -1,0 +1,71 @@
+"""The primal network of eq. 1-2: forward pass, objective, residual, init, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from convexnn import Loss, TwoLayerConvDenoiser
+from convexnn.patches import patch_matrix
+
+
+def test_forward_is_sum_of_relu_filters(small_pair):
+    noisy, _ = small_pair
+    torch.manual_seed(0)
+    u = torch.randn(5, 1, 3, 3, dtype=torch.float64)
+    alpha = torch.randn(5, dtype=torch.float64)
+    net = TwoLayerConvDenoiser.from_weights(u, alpha)
+    yp = patch_matrix(noisy, 3)                                   # eq. 3
+    ref = (torch.relu(yp @ u.reshape(5, -1).T) @ alpha).reshape(noisy.shape)
+    torch.testing.assert_close(net(noisy), ref, rtol=1e-12, atol=1e-12)
+    res = TwoLayerConvDenoiser.from_weights(u, alpha, residual=True)
+    torch.testing.assert_close(res(noisy), ref + noisy, rtol=1e-12, atol=1e-12)
+
+
+def test_objective_is_eq2(small_pair):
+    noisy, clean = small_pair
+    torch.manual_seed(1)
+    net = TwoLayerConvDenoiser(1, 7, 3, dtype=torch.float64)
+    beta = 0.3
+    pred = net(noisy).detach()
+    wd = float(net.weight_decay().detach())
+    expected = 0.5 * float(((pred - clean) ** 2).sum()) + beta / 2 * wd
+    assert net.objective(noisy, clean, beta) == pytest.approx(expected, rel=1e-12)
+    mean = 0.5 * float(((pred - clean) ** 2).sum()) / clean.numel() + beta / 2 * wd
+    assert net.objective(noisy, clean, beta, "mean") == pytest.approx(mean, rel=1e-12)
+    l1 = float((pred - clean).abs().sum()) + beta / 2 * wd
+    assert net.objective(noisy, clean, beta, loss="l1") == pytest.approx(l1, rel=1e-12)
+    hub = Loss("huber", 0.2)(pred, clean)
+    r = (pred - clean).abs()
+    ref = torch.where(r <= 0.2, 0.5 * r**2, 0.2 * (r - 0.1)).sum()
+    assert float(hub) == pytest.approx(float(ref), rel=1e-12)
+
+
+def test_kaiming_uniform_bounds():
+    torch.manual_seed(0)
+    net = TwoLayerConvDenoiser(2, 512, 3)
+    # kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1 / sqrt(fan_in)
+    b1 = 1 / math.sqrt(2 * 9)
+    w1 = net.conv1.weight.detach()
+    assert float(w1.abs().max()) <= b1 and float(w1.abs().max()) > 0.95 * b1
+    assert float(net.conv2.weight.abs().max()) <= 1 / math.sqrt(512)
+    assert net.conv1.padding == (1, 1) and net.conv1.bias is None and net.conv2.bias is None
+
+
+def test_primal_errors(small_pair):
+    noisy, clean = small_pair
+    with pytest.raises(ValueError, match="kernel_size"):
+        TwoLayerConvDenoiser(1, 4, 2)
+    with pytest.raises(ValueError, match="in_channels == 1"):
+        TwoLayerConvDenoiser(2, 4, 3, residual=True)
+    net = TwoLayerConvDenoiser(1, 4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="beta"):
+        net.objective(noisy, clean, beta=0.0)
+    with pytest.raises(ValueError, match="same count and size"):
+        net.objective(noisy, clean[..., :-1], beta=1.0)
+    with pytest.raises(ValueError, match="loss"):
+        net.objective(noisy, clean, 1.0, loss="hinge")
+    with pytest.raises(ValueError, match="reduction"):
+        net.objective(noisy, clean, 1.0, reduction="avg")
