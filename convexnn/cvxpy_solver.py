@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .lipschitz_bound import dtft_matrices
 from .patches import patch_matrix
 from .patterns import sign_masks
 from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
@@ -120,7 +121,34 @@ def build_cvxpy_problem(problem: DualProblem):
     groups = cp.sum(cp.norm(cp.reshape(v, (p, d), order="C"), 2, axis=1)) \
         + cp.sum(cp.norm(cp.reshape(w, (p, d), order="C"), 2, axis=1))
     objective = problem.loss.cvxpy(a @ (v - w) - y) + problem.beta * groups
-    return cp.Problem(cp.Minimize(objective), [b @ v >= 0, b @ w >= 0]), v, w
+    constraints = [b @ v >= 0, b @ w >= 0]
+    if problem.lipschitz_bound is not None:
+        constraints += _lipschitz_constraints(problem, v, w)
+    return cp.Problem(cp.Minimize(objective), constraints), v, w
+
+
+def _lipschitz_constraints(problem: DualProblem, v, w) -> list:
+    """`sum_i t(v_i) + t(w_i) <= L` with `||V_i(omega)||_2 <= t(v_i)` on the frequency grid
+    (bound (*) of convexnn.lipschitz_bound, enforced on the grid; `fit` certifies it after)."""
+    import cvxpy as cp
+
+    p, d, k = problem.n_patterns, problem.patch_dim, problem.kernel_size
+    re, im = dtft_matrices(k, problem.lipschitz_grid)                  # (G, k^2)
+    g = re.shape[0]
+    c = d // (k * k)
+    cons, total = [], 0
+    for var in (v, w):
+        mat = cp.reshape(var, (p, d), order="C")
+        t = cp.Variable(p, nonneg=True)
+        rows = []
+        for ch in range(c):
+            block = mat[:, ch * k * k:(ch + 1) * k * k]
+            rows += [cp.vec(block @ re.T, order="C"), cp.vec(block @ im.T, order="C")]
+        t_rep = cp.vec(cp.reshape(t, (p, 1), order="C") @ np.ones((1, g)), order="C")
+        cons.append(cp.SOC(t_rep, cp.vstack(rows), axis=0))
+        total = total + cp.sum(t)
+    cons.append(total <= problem.lipschitz_bound)
+    return cons
 
 
 def _check_solver_available(name: str) -> None:

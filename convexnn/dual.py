@@ -17,6 +17,7 @@ from torch import nn
 
 from ._validation import as_images, as_targets, check_choice, check_kernel_size, check_positive
 from .gated import HingeViolation, gated_predict, hinge_violation
+from .lipschitz_bound import dual_lipschitz_bound
 from .losses import LOSSES, Loss
 from .patterns import PatternSelection, check_generators, sample_generators, select_unique_patterns
 from .primal import TwoLayerConvDenoiser
@@ -27,6 +28,7 @@ __all__ = ["ConvexDualDenoiser", "FIT_SOLVERS"]
 # solver name -> (module, solve function, config class); modules are imported on first use.
 FIT_SOLVERS: dict[str, tuple[str, str, str]] = {
     "cvxpy": ("convexnn.cvxpy_solver", "solve_cvxpy", "CvxpyConfig"),
+    "adam": ("convexnn.adam", "solve_adam", "AdamConfig"),
     "admm": ("convexnn.admm", "solve_admm", "AdmmConfig"),
 }
 
@@ -68,16 +70,22 @@ class ConvexDualDenoiser(nn.Module):
     generators : optional explicit generator filters `(P, C, k, k)`.
     dedupe : drop generators whose pattern on the training set repeats one already kept,
         and generators whose pattern is all zero (neither changes the optimum).
+    lipschitz_bound : if set, constrain the rebuilt primal to `Lip <= lipschitz_bound` by the
+        convex certificate of `convexnn.lipschitz_bound` (solver="cvxpy"); after the solve the
+        certificate is re-evaluated on a fine grid and the filters scaled down if needed, so
+        `lipschitz_certificate_ <= lipschitz_bound` always holds.
     seed : seed of the generator sampling.
 
     Fitted attributes: `generators_`, `v_`, `w_` (P, C, k, k) float64, `objective_` (dual
     objective, reduction="sum"), `solve_info_`, `history_`, `pattern_selection_`,
-    `n_channels_`.
+    `n_channels_`, `lipschitz_certificate_` (certified upper bound of the Lipschitz constant
+    of `to_primal()`).
     """
 
     def __init__(self, kernel_size: int = 3, n_patterns: int = 8000, beta: float = 1e-3,
                  loss: str = "squared", residual: bool = False, generators=None,
-                 seed: int | None = 0, huber_delta: float = 1.0, dedupe: bool = True) -> None:
+                 seed: int | None = 0, huber_delta: float = 1.0, dedupe: bool = True,
+                 lipschitz_bound: float | None = None) -> None:
         super().__init__()
         self.kernel_size = check_kernel_size(kernel_size)
         if generators is None and (isinstance(n_patterns, bool) or not isinstance(
@@ -91,6 +99,8 @@ class ConvexDualDenoiser(nn.Module):
         self.generators = generators
         self.seed = seed
         self.dedupe = bool(dedupe)
+        self.lipschitz_bound = (None if lipschitz_bound is None
+                                else check_positive(lipschitz_bound, "lipschitz_bound"))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -112,7 +122,8 @@ class ConvexDualDenoiser(nn.Module):
     def get_params(self) -> dict[str, Any]:
         return {"kernel_size": self.kernel_size, "n_patterns": self.n_patterns,
                 "beta": self.beta, "loss": self.loss, "residual": self.residual,
-                "seed": self.seed, "huber_delta": self.huber_delta, "dedupe": self.dedupe}
+                "seed": self.seed, "huber_delta": self.huber_delta, "dedupe": self.dedupe,
+                "lipschitz_bound": self.lipschitz_bound}
 
     # ------------------------------------------------------------------ fitting
     def make_problem(self, noisy, clean, eval_set=None) -> DualProblem:
@@ -161,12 +172,23 @@ class ConvexDualDenoiser(nn.Module):
         `ConvexSolverError` when the solver does not reach a trustworthy solution.
         """
         solve, config_cls = _solver_entry(solver)
+        if self.lipschitz_bound is not None and solver.lower() != "cvxpy":
+            raise ValueError(f"lipschitz_bound is enforced by solver='cvxpy' only, got "
+                             f"solver={solver!r}")
         cfg = _make_config(config_cls, config, options)
         t0 = time.perf_counter()
         problem = self.make_problem(noisy, clean, eval_set)
         t_patterns = time.perf_counter() - t0
+        problem.lipschitz_bound = self.lipschitz_bound
         solution: DualSolution = solve(problem, cfg)
         self._set_solution(solution)
+        self.lipschitz_certificate_ = dual_lipschitz_bound(self.v_, self.w_)
+        if self.lipschitz_bound is not None and self.lipschitz_certificate_ > self.lipschitz_bound:
+            # positive scaling keeps the cone constraints; certify exactly what is returned
+            scale = self.lipschitz_bound / self.lipschitz_certificate_
+            self.v_, self.w_ = self.v_ * scale, self.w_ * scale
+            self.lipschitz_certificate_ = dual_lipschitz_bound(self.v_, self.w_)
+            self.solve_info_.details["lipschitz_rescale"] = scale
         self.solve_info_.details["pattern_seconds"] = t_patterns
         self.objective_ = self.objective(problem.noisy, clean, reduction="sum")
         self.solve_info_.details["fit_seconds"] = time.perf_counter() - t0

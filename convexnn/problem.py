@@ -40,6 +40,8 @@ class DualProblem:
     loss: Loss
     eval_noisy: torch.Tensor | None = None   # optional held-out pair for per-epoch curves
     eval_target: torch.Tensor | None = None  # (already clean - noisy when residual)
+    lipschitz_bound: float | None = None     # sum_i ||C_v_i|| + ||C_w_i|| <= this (cvxpy only)
+    lipschitz_grid: int = 32                 # frequency grid of that constraint
 
     @property
     def kernel_size(self) -> int:
