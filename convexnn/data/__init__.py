@@ -23,6 +23,22 @@ from .noise import (
     add_gaussian_noise,
     add_noise,
 )
+from .restoration import (
+    BART_DIR,
+    LEVIN_DIR,
+    MRI_SLICES_DIR,
+    RESTORATION_DIR_ENV,
+    RESTORATION_SETS,
+    BartKspace,
+    demo_images,
+    load_bart_kspace,
+    load_levin_kernels,
+    load_mri_slices,
+    load_test_images,
+    read_cfl,
+    restoration_data_dir,
+    write_cfl,
+)
 
 __all__ = [
     "bundled_dataset_path",
@@ -47,4 +63,18 @@ __all__ = [
     "add_noise",
     "add_gaussian_noise",
     "add_exponential_noise",
+    "RESTORATION_SETS",
+    "RESTORATION_DIR_ENV",
+    "LEVIN_DIR",
+    "MRI_SLICES_DIR",
+    "BART_DIR",
+    "restoration_data_dir",
+    "load_test_images",
+    "load_levin_kernels",
+    "load_mri_slices",
+    "BartKspace",
+    "load_bart_kspace",
+    "read_cfl",
+    "write_cfl",
+    "demo_images",
 ]

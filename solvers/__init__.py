@@ -1,0 +1,3 @@
+"""Iterative reconstruction solvers that consume convexnn denoisers."""
+
+__all__: list[str] = []

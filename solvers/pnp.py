@@ -1,0 +1,453 @@
+"""Plug-and-play algorithms: a denoiser J in place of a proximal operator.
+
+Data term `f(x) = 1/2 ||A x - y||^2`, `grad f = A^T (A x - y)`, L = ||A||^2 = `physics.norm()`,
+`prox_{gamma f}(v) = (I + gamma A^T A)^{-1} (v + gamma A^T y)` (conjugate gradient).
+
+- `pnp_pgd`: x_{k+1} = x_k + lambda_k (J(x_k - gamma grad f(x_k)) - x_k)   (PnP-FB / PnP-MMO)
+- `pnp_admm`: x_{k+1} = prox_{gamma f}(z_k - u_k); z_{k+1} = J(x_{k+1} + u_k);
+  u_{k+1} = u_k + x_{k+1} - z_{k+1}; estimate z
+- `pnp_hqs`: x_{k+1} = prox_{gamma f}(z_k); z_{k+1} = J(x_{k+1}); estimate z
+- `pnp_drs`: u_k = prox_{gamma f}(z_k); v_k = J(2 u_k - z_k); z_{k+1} = z_k + lambda (v_k - u_k);
+  estimate u
+- `red`: x_{k+1} = x_k - gamma (grad f(x_k) + lam (x_k - J(x_k)))   (RED, gradient form)
+
+Each is `solver(y, physics, denoiser, PnPConfig(...)) -> (x, History)` and stops when
+`rel_change = ||x_k - x_{k-1}|| / ||x_0|| < tol`.
+
+Convergence (Pesquet, Repetti, Terris, Wiaux 2021): with J firmly nonexpansive, PnP-FB
+converges for gamma in (0, 2/L) and relaxation lambda in [eps, delta - eps],
+delta = min(1, 1/(gamma L)) + 1/2; DRS/ADMM for any gamma > 0 and DRS relaxation in (0, 2);
+HQS (composition of two firmly nonexpansive maps) for any gamma > 0 when a fixed point exists;
+RED when I - J is firmly nonexpansive (it is when J is) and gamma < 2 / (L + lam).
+`require_convergence=True` checks these and, unless the denoiser declares
+`firmly_nonexpansive = True`, estimates `||grad (2J - I)(x_0)||` and raises above 1.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from .denoisers import call_denoiser, check_denoiser
+from .history import History
+
+__all__ = ["PnPConfig", "ConvergenceError", "pnp_pgd", "pnp_admm", "pnp_hqs", "pnp_drs", "red",
+           "data_prox", "PNP_SOLVERS"]
+
+
+class ConvergenceError(ValueError):
+    """A convergence guarantee was requested (`require_convergence=True`) but a condition of
+    the theorem does not hold."""
+
+
+@dataclass
+class PnPConfig:
+    """Options shared by the PnP solvers.
+
+    step : gamma; None -> 1 / L with L = physics.norm() (= ||A||^2).
+    lipschitz : L = ||A||^2 when known (skips the power iteration of physics.norm()).
+    sigma : noise level passed to the denoiser `denoiser(x, sigma)`.
+    relaxation : lambda (PGD: lambda_k, DRS: z-update relaxation); ignored by ADMM/HQS/RED.
+    lam : RED regularisation weight.
+    max_iter, tol : stop at max_iter or when rel_change < tol.
+    x0 : start; None -> A^T y.
+    reference : ground truth for PSNR/SSIM in the history (data_range default: its range).
+    require_convergence : raise ConvergenceError when the step/relaxation/denoiser conditions
+        of the convergence theorem fail (see the module docstring).
+    lipschitz_iter, lipschitz_tol : power iterations and slack of the `||grad Q(x0)|| <= 1`
+        check under require_convergence.
+    cg_iter, cg_tol : conjugate-gradient solve of the data prox (ADMM, HQS, DRS).
+    energy : optional callable x -> scalar (or (B,)) tensor recorded as the energy (PnP has no
+        explicit objective in general; None otherwise).
+    compute_ssim : compute SSIM when a reference is given (costs a little per iteration).
+    """
+
+    step: float | None = None
+    lipschitz: float | None = None
+    sigma: float | None = None
+    relaxation: float = 1.0
+    lam: float = 1.0
+    max_iter: int = 100
+    tol: float = 1e-6
+    x0: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    require_convergence: bool = False
+    lipschitz_iter: int = 30
+    lipschitz_tol: float = 1e-3
+    cg_iter: int = 100
+    cg_tol: float = 1e-10
+    energy: Callable[[torch.Tensor], Any] | None = None
+    data_range: float | None = None
+    compute_ssim: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = f"tensor{tuple(v.shape)}"
+            elif callable(v):
+                v = getattr(v, "__name__", type(v).__name__)
+            out[f.name] = v
+        return out
+
+
+# ---------------------------------------------------------------------------- helpers
+def _check_config(config: PnPConfig | None) -> PnPConfig:
+    cfg = PnPConfig() if config is None else config
+    if not isinstance(cfg, PnPConfig):
+        raise TypeError(f"config: expected PnPConfig, got {type(cfg).__name__}")
+    if isinstance(cfg.max_iter, bool) or not isinstance(cfg.max_iter, int) or cfg.max_iter < 1:
+        raise ValueError(f"max_iter: expected a positive integer, got {cfg.max_iter!r}")
+    if not cfg.tol >= 0:
+        raise ValueError(f"tol: expected >= 0, got {cfg.tol}")
+    if cfg.step is not None and not (math.isfinite(cfg.step) and cfg.step > 0):
+        raise ValueError(f"step: expected a positive finite number or None (= 1/L), got "
+                         f"{cfg.step}")
+    if cfg.lipschitz is not None and not (math.isfinite(cfg.lipschitz) and cfg.lipschitz >= 0):
+        raise ValueError(f"lipschitz: expected ||A||^2 >= 0 or None, got {cfg.lipschitz}")
+    if not (math.isfinite(cfg.relaxation) and cfg.relaxation > 0):
+        raise ValueError(f"relaxation: expected > 0, got {cfg.relaxation}")
+    if not (math.isfinite(cfg.lam) and cfg.lam >= 0):
+        raise ValueError(f"lam: expected >= 0, got {cfg.lam}")
+    return cfg
+
+
+def _norm(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t.detach()))
+
+
+def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a.conj() * b).real.sum() if a.is_complex() else (a * b).sum()
+
+
+def data_prox(physics, v: torch.Tensor, y: torch.Tensor, gamma: float, n_iter: int = 100,
+              tol: float = 1e-10, aty: torch.Tensor | None = None) -> torch.Tensor:
+    """`prox_{gamma f}(v) = argmin_u gamma/2 ||A u - y||^2 + 1/2 ||u - v||^2`: conjugate
+    gradient on `(I + gamma A^T A) u = v + gamma A^T y`, started at v; stops at relative
+    residual `tol`."""
+    b = v + gamma * (physics.A_adjoint(y) if aty is None else aty)
+    u = v.clone()
+    r = b - (u + gamma * physics.A_adjoint(physics.A(u)))
+    p = r.clone()
+    rs = _inner(r, r)
+    bnorm = max(float(_inner(b, b)) ** 0.5, 1e-300)
+    for _ in range(n_iter):
+        if float(rs) ** 0.5 <= tol * bnorm:
+            break
+        ap = p + gamma * physics.A_adjoint(physics.A(p))
+        alpha = rs / _inner(p, ap)
+        u = u + alpha * p
+        r = r - alpha * ap
+        rs_new = _inner(r, r)
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return u
+
+
+class _Run:
+    """Shared set-up, input checks, bookkeeping and stopping of one PnP solve."""
+
+    def __init__(self, name: str, y, physics, denoiser, config: PnPConfig | None) -> None:
+        self.cfg = cfg = _check_config(config)
+        self.name = name
+        self.physics = physics
+        self.denoiser = denoiser
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"{name}: y: expected a torch.Tensor of measurements, got "
+                            f"{type(y).__name__}")
+        for attr in ("A", "A_adjoint"):
+            if not callable(getattr(physics, attr, None)):
+                raise TypeError(f"{name}: physics: expected an operator with A(x) and "
+                                f"A_adjoint(y), got {type(physics).__name__} without {attr}")
+        self.y = y.detach()
+        with torch.no_grad():
+            self.aty = self._apply(physics.A_adjoint, self.y, "A_adjoint(y)")
+            if cfg.x0 is None:
+                x0 = self.aty.clone()
+            else:
+                if not isinstance(cfg.x0, torch.Tensor):
+                    raise TypeError(f"{name}: x0: expected a tensor, got {type(cfg.x0).__name__}")
+                x0 = cfg.x0.detach().to(dtype=self.aty.dtype, device=self.aty.device).clone()
+            self._check_image(x0, "x0")
+            ax0 = self._apply(physics.A, x0, "A(x0)")
+            if ax0.shape != self.y.shape:
+                raise ValueError(f"{name}: physics maps images of shape {tuple(x0.shape)} to "
+                                 f"measurements {tuple(ax0.shape)}, but y has shape "
+                                 f"{tuple(self.y.shape)}")
+        if cfg.reference is not None and tuple(cfg.reference.shape) != tuple(x0.shape):
+            raise ValueError(f"{name}: reference: expected the image shape {tuple(x0.shape)}, "
+                             f"got {tuple(cfg.reference.shape)}")
+        self.x0 = x0
+        self.x0_norm = _norm(x0)
+        self.hist = History(name, config=cfg.to_dict())
+        if self.x0_norm == 0.0:
+            self.hist.flags["rel_change_denominator"] = "||x_0|| = 0: using 1"
+            self.x0_norm = 1.0
+        self.t0 = time.perf_counter()
+        self._denoiser_checked = False
+
+    def _apply(self, fn, t, what: str):
+        try:
+            return fn(t)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise ValueError(f"{self.name}: physics.{what} failed on a tensor of shape "
+                             f"{tuple(t.shape)}: {e}") from e
+
+    def _check_image(self, x: torch.Tensor, what: str) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"{self.name}: {what}: expected images (B, C, H, W), got "
+                             f"{tuple(x.shape)}")
+        shape = getattr(self.physics, "in_shape", None)
+        if shape is not None:
+            fixed = getattr(self.physics, "fixed_channels", True)
+            ok = tuple(x.shape[-2:]) == tuple(shape[1:]) and (not fixed or x.shape[1] == shape[0])
+            if not ok:
+                raise ValueError(f"{self.name}: {what} has shape {tuple(x.shape)} but the "
+                                 f"physics expects images (B, {shape[0]}, {shape[1]}, "
+                                 f"{shape[2]})")
+
+    # ------------------------------------------------------------------ pieces
+    def lipschitz(self) -> float:
+        """L = ||A||^2 of grad f (physics.norm(), or the norm of A^T A by power iteration)."""
+        if "L" not in self.hist.flags and self.cfg.lipschitz is not None:
+            self.hist.flags["L"] = float(self.cfg.lipschitz)
+        if "L" not in self.hist.flags:
+            norm = getattr(self.physics, "norm", None)
+            if callable(norm):
+                try:
+                    L = float(norm(self.x0))
+                except TypeError:
+                    L = float(norm())
+            else:
+                L = _power_norm(self.physics, self.x0)
+            self.hist.flags["L"] = L
+        return self.hist.flags["L"]
+
+    def step(self) -> float:
+        if self.cfg.step is not None:
+            return float(self.cfg.step)
+        L = self.lipschitz()
+        if L <= 0:
+            raise ValueError(f"{self.name}: physics.norm() = {L}: cannot set step = 1/L; pass "
+                             f"PnPConfig(step=...)")
+        return 1.0 / L
+
+    def denoise(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._denoiser_checked:
+            self._denoiser_checked = True
+            return check_denoiser(self.denoiser, x, self.cfg.sigma)
+        return call_denoiser(self.denoiser, x, self.cfg.sigma)
+
+    def prox(self, v: torch.Tensor, gamma: float) -> torch.Tensor:
+        return data_prox(self.physics, v, self.y, gamma, self.cfg.cg_iter, self.cfg.cg_tol,
+                         aty=self.aty)
+
+    def grad_f(self, x: torch.Tensor) -> torch.Tensor:
+        return self.physics.A_adjoint(self.physics.A(x) - self.y)
+
+    def fail(self, msg: str) -> None:
+        """Raise under require_convergence, else warn; recorded in the history's flags."""
+        self.hist.flags.setdefault("convergence_warnings", []).append(msg)
+        if self.cfg.require_convergence:
+            raise ConvergenceError(f"{self.name}: {msg}")
+        warnings.warn(f"{self.name}: {msg}", RuntimeWarning, stacklevel=3)
+
+    def check_denoiser_fne(self) -> None:
+        """Under require_convergence: J must be firmly nonexpansive, ||grad(2J - I)|| <= 1."""
+        if not self.cfg.require_convergence:
+            return
+        if getattr(self.denoiser, "firmly_nonexpansive", False):
+            self.hist.flags["denoiser_fne"] = "declared"
+            return
+        from .lipschitz import jacobian_spectral_norm
+
+        try:
+            est = jacobian_spectral_norm(self.denoiser, self.x0, n_iter=self.cfg.lipschitz_iter,
+                                         tol=1e-4, mode="Q", sigma=self.cfg.sigma)
+        except RuntimeError as e:
+            raise ConvergenceError(
+                f"{self.name}: require_convergence needs ||grad(2J - I)|| <= 1, but the "
+                f"denoiser's Jacobian could not be computed by autograd ({e}); set "
+                f"`firmly_nonexpansive = True` on a denoiser that is so by construction") from e
+        self.hist.flags["denoiser_q_norm_x0"] = est.value
+        if est.value > 1.0 + self.cfg.lipschitz_tol:
+            self.fail(f"the denoiser is not firmly nonexpansive: ||grad(2J - I)(x0)|| ~ "
+                      f"{est.value:.4f} > 1 (train it with lipschitz_penalty > 0, or use "
+                      f"Averaged(Q) with a 1-Lipschitz Q)")
+
+    def record(self, x_new: torch.Tensor, x_old: torch.Tensor, step: float | None,
+               **flags: Any) -> bool:
+        """Append one history record; True when the solver must stop."""
+        cfg = self.cfg
+        rel = _norm(x_new - x_old) / self.x0_norm
+        res = _norm(self.physics.A(x_new) - self.y)
+        energy = None
+        if cfg.energy is not None:
+            e = cfg.energy(x_new)
+            energy = float(e.sum()) if isinstance(e, torch.Tensor) else float(e)
+        self.hist.record(rel, step, energy, res, x=x_new, reference=cfg.reference,
+                         data_range=cfg.data_range, compute_ssim=cfg.compute_ssim,
+                         time=time.perf_counter() - self.t0, **flags)
+        if not bool(torch.isfinite(x_new).all()):
+            self.hist.finish(False, "non-finite iterate")
+            return True
+        if rel < cfg.tol:
+            self.hist.finish(True, f"rel_change < tol ({cfg.tol:g})")
+            return True
+        return False
+
+    def done(self) -> History:
+        if not self.hist.stop_reason:
+            self.hist.finish(False, f"max_iter ({self.cfg.max_iter}) reached")
+        self.hist.flags["seconds"] = time.perf_counter() - self.t0
+        return self.hist
+
+
+def _power_norm(physics, x: torch.Tensor, n_iter: int = 200, tol: float = 1e-8) -> float:
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    v = v / _norm(v)
+    lam = 0.0
+    for _ in range(n_iter):
+        w = physics.A_adjoint(physics.A(v))
+        lam_new = float(_inner(v, w))
+        v = w / max(_norm(w), 1e-300)
+        if abs(lam_new - lam) <= tol * abs(lam_new):
+            return lam_new
+        lam = lam_new
+    return lam
+
+
+# ---------------------------------------------------------------------------- algorithms
+@torch.no_grad()
+def pnp_pgd(y, physics, denoiser, config: PnPConfig | None = None):
+    """PnP forward-backward with relaxation (PnP-MMO, Pesquet et al. 2021):
+    `x_{k+1} = x_k + lambda (J(x_k - gamma A^T (A x_k - y)) - x_k)`. Returns (x, History)."""
+    run = _Run("pnp_pgd", y, physics, denoiser, config)
+    cfg = run.cfg
+    gamma = run.step()
+    L = run.lipschitz()
+    lam = cfg.relaxation
+    run.hist.flags.update(step=gamma, step_bound=2.0 / L if L > 0 else math.inf)
+    if L > 0 and gamma >= 2.0 / L:
+        msg = (f"step {gamma:.4g} >= 2/L = {2.0 / L:.4g} (L = ||A||^2 = {L:.4g}): "
+               f"forward-backward needs gamma < 2/L")
+        if gamma > 2.0 / L or cfg.require_convergence:
+            run.fail(msg)
+    delta = min(1.0, 1.0 / (gamma * L)) + 0.5 if L > 0 else 1.5   # relaxation bound (PnP-FB)
+    run.hist.flags["relaxation_bound"] = delta
+    if cfg.require_convergence and not lam < delta:
+        run.fail(f"relaxation {lam} must lie in (0, delta), delta = min(1, 1/(gamma L)) + 1/2 "
+                 f"= {delta:.4g}")
+    run.check_denoiser_fne()
+    x = run.x0
+    for _ in range(cfg.max_iter):
+        z = x - gamma * run.grad_f(x)                    # forward (gradient) step
+        x_new = x + lam * (run.denoise(z) - x)           # relaxed backward step: PnP-MMO
+        stop = run.record(x_new, x, gamma)
+        x = x_new
+        if stop:
+            break
+    return x, run.done()
+
+
+@torch.no_grad()
+def pnp_admm(y, physics, denoiser, config: PnPConfig | None = None):
+    """PnP-ADMM: `x = prox_{gamma f}(z - u); z = J(x + u); u = u + x - z`; returns (z, History)."""
+    run = _Run("pnp_admm", y, physics, denoiser, config)
+    cfg = run.cfg
+    gamma = run.step()
+    run.hist.flags["step"] = gamma
+    run.check_denoiser_fne()
+    z = run.x0
+    u = torch.zeros_like(z)
+    for _ in range(cfg.max_iter):
+        x = run.prox(z - u, gamma)
+        z_new = run.denoise(x + u)
+        u = u + x - z_new
+        stop = run.record(z_new, z, gamma, primal_dual_gap=_norm(x - z_new) / run.x0_norm)
+        z = z_new
+        if stop:
+            break
+    return z, run.done()
+
+
+@torch.no_grad()
+def pnp_hqs(y, physics, denoiser, config: PnPConfig | None = None):
+    """PnP half-quadratic splitting: `x = prox_{gamma f}(z); z = J(x)`; returns (z, History)."""
+    run = _Run("pnp_hqs", y, physics, denoiser, config)
+    cfg = run.cfg
+    gamma = run.step()
+    run.hist.flags["step"] = gamma
+    run.check_denoiser_fne()
+    z = run.x0
+    for _ in range(cfg.max_iter):
+        x = run.prox(z, gamma)
+        z_new = run.denoise(x)
+        stop = run.record(z_new, z, gamma)
+        z = z_new
+        if stop:
+            break
+    return z, run.done()
+
+
+@torch.no_grad()
+def pnp_drs(y, physics, denoiser, config: PnPConfig | None = None):
+    """PnP Douglas-Rachford: `u = prox_{gamma f}(z); v = J(2u - z); z = z + lambda (v - u)`;
+    returns (u, History)."""
+    run = _Run("pnp_drs", y, physics, denoiser, config)
+    cfg = run.cfg
+    gamma = run.step()
+    lam = cfg.relaxation
+    run.hist.flags["step"] = gamma
+    if not lam < 2.0:
+        run.fail(f"relaxation {lam} must lie in (0, 2) for Douglas-Rachford")
+    run.check_denoiser_fne()
+    z = run.x0
+    u = run.prox(z, gamma)
+    for _ in range(cfg.max_iter):
+        v = run.denoise(2.0 * u - z)
+        z_new = z + lam * (v - u)
+        u_new = run.prox(z_new, gamma)
+        stop = run.record(u_new, u, gamma, z_rel_change=_norm(z_new - z) / run.x0_norm)
+        z, u = z_new, u_new
+        if stop:
+            break
+    return u, run.done()
+
+
+@torch.no_grad()
+def red(y, physics, denoiser, config: PnPConfig | None = None):
+    """Regularisation by denoising, gradient form (Romano, Elad, Milanfar 2017):
+    `x_{k+1} = x_k - gamma (A^T (A x_k - y) + lam (x_k - J(x_k)))`. Returns (x, History)."""
+    run = _Run("red", y, physics, denoiser, config)
+    cfg = run.cfg
+    L = run.lipschitz()
+    bound = 2.0 / (L + cfg.lam) if (L + cfg.lam) > 0 else math.inf
+    gamma = cfg.step if cfg.step is not None else 1.0 / (L + cfg.lam)
+    run.hist.flags.update(step=gamma, step_bound=bound)
+    if gamma >= bound:
+        msg = (f"step {gamma:.4g} >= 2/(L + lam) = {bound:.4g}: the RED gradient step needs "
+               f"gamma < 2/(L + lam)")
+        if gamma > bound or cfg.require_convergence:
+            run.fail(msg)
+    run.check_denoiser_fne()
+    x = run.x0
+    for _ in range(cfg.max_iter):
+        g = run.grad_f(x) + cfg.lam * (x - run.denoise(x))
+        x_new = x - gamma * g
+        stop = run.record(x_new, x, gamma, grad_norm=_norm(g))
+        x = x_new
+        if stop:
+            break
+    return x, run.done()
+
+
+PNP_SOLVERS = {"pgd": pnp_pgd, "admm": pnp_admm, "hqs": pnp_hqs, "drs": pnp_drs, "red": red}
