@@ -36,6 +36,11 @@ class FirmlyNonexpansiveDenoiser(nn.Module):
         """Certified upper bound of Lip(Q); J is firmly nonexpansive when it is <= 1."""
         return float(self.q_model.lipschitz_certificate_)
 
+    @property
+    def firmly_nonexpansive(self) -> bool:
+        """True when the certificate proves it (read by solvers.pnp's convergence checks)."""
+        return self.lipschitz_certificate <= 1.0
+
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         q = self.q.to(device=x.device, dtype=x.dtype)
         return 0.5 * (x + q(x))

@@ -185,7 +185,7 @@ class ConvexDualDenoiser(nn.Module):
         self.lipschitz_certificate_ = dual_lipschitz_bound(self.v_, self.w_)
         if self.lipschitz_bound is not None and self.lipschitz_certificate_ > self.lipschitz_bound:
             # positive scaling keeps the cone constraints; certify exactly what is returned
-            scale = self.lipschitz_bound / self.lipschitz_certificate_
+            scale = self.lipschitz_bound / self.lipschitz_certificate_ * (1.0 - 1e-12)
             self.v_, self.w_ = self.v_ * scale, self.w_ * scale
             self.lipschitz_certificate_ = dual_lipschitz_bound(self.v_, self.w_)
             self.solve_info_.details["lipschitz_rescale"] = scale
