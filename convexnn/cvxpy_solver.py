@@ -20,7 +20,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .lipschitz_bound import dtft_matrices
 from .patches import patch_matrix
 from .patterns import sign_masks
 from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
@@ -131,6 +130,8 @@ def _lipschitz_constraints(problem: DualProblem, v, w) -> list:
     """`sum_i t(v_i) + t(w_i) <= L` with `||V_i(omega)||_2 <= t(v_i)` on the frequency grid
     (bound (*) of convexnn.lipschitz_bound, enforced on the grid; `fit` certifies it after)."""
     import cvxpy as cp
+
+    from .lipschitz_bound import dtft_matrices
 
     p, d, k = problem.n_patterns, problem.patch_dim, problem.kernel_size
     re, im = dtft_matrices(k, problem.lipschitz_grid)                  # (G, k^2)

@@ -86,9 +86,6 @@ def load_model(path: str | Path) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
     model.solve_info_ = SolveInfo(solver=header.get("solver", "loaded"),
                                   status=header.get("status", "loaded"))
     model.history_ = []
-    from .lipschitz_bound import dual_lipschitz_bound
-
-    model.lipschitz_certificate_ = dual_lipschitz_bound(model.v_, model.w_)
     if header.get("objective") is not None:
         model.objective_ = float(header["objective"])
     return model

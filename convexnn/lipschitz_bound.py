@@ -33,13 +33,16 @@ def bernstein_factor(kernel_size: int, grid: int) -> float:
     return 1.0 / slack
 
 
-def conv_norm_grid(filters: torch.Tensor, grid: int = 512) -> torch.Tensor:
+def conv_norm_grid(filters: torch.Tensor, grid: int = 512, block: int = 32) -> torch.Tensor:
     """`max_omega ||V(omega)||_2` over an M x M grid for filters `(P, C, k, k)`: a lower estimate
-    of each convolution's operator norm."""
+    of each convolution's operator norm. Streams `block` filters at a time (memory
+    `block * C * M * (M/2 + 1)` complex numbers; real kernels need only half the spectrum)."""
     f = filters.detach().to(torch.float64)
-    spec = torch.fft.fft2(f, s=(grid, grid))                   # (P, C, M, M)
-    mag = spec.abs().pow(2).sum(1).sqrt()                       # (P, M, M)
-    return mag.flatten(1).max(1).values
+    out = []
+    for p0 in range(0, f.shape[0], block):
+        spec = torch.fft.rfft2(f[p0:p0 + block], s=(grid, grid))     # (b, C, M, M/2 + 1)
+        out.append(spec.abs().pow(2).sum(1).sqrt().flatten(1).max(1).values)
+    return torch.cat(out) if out else f.new_zeros(0)
 
 
 def conv_norm_bound(filters: torch.Tensor, grid: int = 512) -> torch.Tensor:

@@ -1,0 +1,315 @@
+"""ADMM for the constrained convex dual (eq. 4; Appendix E losses): `fit(..., solver="admm")`.
+
+Splitting (Boyd et al. 2011, with over-relaxation and residual balancing as in OSQP): the
+variables `u = [v; w]` (2P x d) get two copies,
+
+    z = u          handled by group soft-thresholding  (beta sum_i ||z_i||_2)
+    s = G u >= 0   handled by projection on the orthant (the cone constraints of eq. 4)
+
+and, for the l1 / Huber losses, a third one `q = A (v - w)` handled by the loss's prox. The
+u-step is a linear system with a fixed matrix up to the penalty rho: writing `a = v - w` and
+`b = v + w` it splits into `rho (I + Q) b_i = .` (one d x d matrix for every pattern: `G`'s Gram
+is the same block `Q` for all of them) and `(c A^T A + rho blockdiag(I + Q)) a = .`, solved either
+directly -- one eigendecomposition of the transformed `A^T A` (P d x P d), after which any rho
+costs two matrix-vector products -- or by preconditioned CG with the per-pattern blocks
+`c X^T D_i X + rho (I + Q)` as block-Jacobi preconditioner (large P d). See `admm_ops` for the
+operators and docs/admm.md for measurements.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .admm_cones import ConeProx
+from .admm_linear import make_linear_solver
+from .admm_ops import PatternOperators
+from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
+
+__all__ = ["AdmmConfig", "AdmmState", "solve_admm"]
+
+
+@dataclass
+class AdmmState:
+    """Scaled ADMM iterate (internal units) for warm starts with the same data."""
+
+    z: torch.Tensor       # (2P, d) cone-feasible group copy of [v; w]
+    lam: torch.Tensor     # (2P, d) scaled dual of u = z
+    rho: float
+    x_scale: float
+    y_scale: float
+
+
+@dataclass
+class AdmmConfig:
+    """Options of `fit(..., solver="admm")`.
+
+    `tol` bounds the relative primal and dual residuals (Boyd et al. 2011, sec. 3.3).
+    `warm_start`: a fitted `ConvexDualDenoiser` (same generators), a pair `(v, w)` of
+    `(P, C, k, k)` filters, or an `AdmmState`. `linear_solver`: "direct" (eigendecomposition of
+    the P d x P d Gram), "cg" (block-Jacobi PCG) or "auto" (direct up to `direct_max_dim`).
+    Reaching `max_iter` (or `time_limit` seconds) raises `ConvexSolverError` with status
+    "max_iter" / "time_limit" unless `allow_inaccurate=True` (then a warning is issued).
+    """
+
+    tol: float = 1e-6
+    max_iter: int = 20000
+    rho: float | None = None
+    adaptive_rho: bool = True
+    adapt_every: int = 10
+    relaxation: float = 1.6
+    linear_solver: str = "auto"
+    direct_max_dim: int = 2500
+    cg_max_iter: int = 100
+    device: str | None = None
+    dtype: torch.dtype = torch.float64
+    warm_start: Any = None
+    allow_inaccurate: bool = False
+    log_every: int = 1
+    time_limit: float | None = None
+    block_elements: int = 2 ** 24
+    return_state: bool = False
+    num_threads: int | None = None     # None: 1 thread for small problems (less overhead)
+    verbose: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
+            raise ValueError(f"tol: expected a number in (0, 1), got {self.tol!r}")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise ValueError(f"max_iter: expected a positive integer, got {self.max_iter!r}")
+        if self.rho is not None and not (self.rho > 0 and math.isfinite(self.rho)):
+            raise ValueError(f"rho: expected a positive number or None, got {self.rho!r}")
+        if not 0 < self.relaxation < 2:
+            raise ValueError(f"relaxation: expected a number in (0, 2), got {self.relaxation!r}")
+        if self.linear_solver not in ("auto", "direct", "cg"):
+            raise ValueError(f"linear_solver: expected 'auto', 'direct' or 'cg', "
+                             f"got {self.linear_solver!r}")
+        if self.dtype not in (torch.float64, torch.float32):
+            raise ValueError(f"dtype: expected torch.float64 or torch.float32, got {self.dtype}")
+
+
+# ---------------------------------------------------------------------- helpers
+def _group_shrink(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Prox of `t sum_i ||x_i||_2` (rows): group soft-thresholding."""
+    n = x.norm(dim=1, keepdim=True)
+    return x * torch.clamp(1.0 - t / n.clamp_min(1e-300), min=0.0)
+
+
+def _loss_prox(x: torch.Tensor, name: str, t: float, delta: float) -> torch.Tensor:
+    """Prox of `t * loss` at residual x (Appendix E losses, pixel-wise)."""
+    if name == "l1":
+        return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
+    # Huber h_delta: quadratic region when |x| <= delta (1 + t)
+    return torch.where(x.abs() <= delta * (1.0 + t), x / (1.0 + t), x - t * delta * torch.sign(x))
+
+
+def _loss_value(r: torch.Tensor, name: str, delta: float) -> float:
+    if name == "squared":
+        return 0.5 * float(r @ r)
+    if name == "l1":
+        return float(r.abs().sum())
+    a = r.abs()
+    return float(torch.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum())
+
+
+def _scales(problem: DualProblem) -> tuple[float, float]:
+    """Internal scaling: patches to unit RMS norm, labels to unit RMS (undone exactly)."""
+    x, y = problem.noisy, problem.target
+    d = problem.patch_dim
+    sx = float(x.double().pow(2).mean().sqrt()) * math.sqrt(d)
+    sy = float(y.double().pow(2).mean().sqrt())
+    if not (sx > 0 and math.isfinite(sx)):
+        sx = 1.0
+    if not (sy > 0 and math.isfinite(sy)):
+        sy = 1.0
+    return sx, sy
+
+
+def _warm_point(ws: Any, problem: DualProblem) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(ws, "v_") and hasattr(ws, "w_"):
+        g = getattr(ws, "generators_", None)
+        if g is None or g.shape != problem.generators.shape or not torch.allclose(
+                g.to(problem.generators), problem.generators):
+            raise ValueError("warm_start: the fitted model has other generators than this "
+                             "problem; pass generators=model.generators_ to the new model")
+        return ws.v_, ws.w_
+    if isinstance(ws, (tuple, list)) and len(ws) == 2:
+        v, w = (torch.as_tensor(t) for t in ws)
+        shape = tuple(problem.generators.shape)
+        if tuple(v.shape) != shape or tuple(w.shape) != shape:
+            raise ValueError(f"warm_start: expected (v, w) of shape {shape}, got "
+                             f"{tuple(v.shape)} and {tuple(w.shape)}")
+        return v, w
+    raise TypeError(f"warm_start: expected a fitted ConvexDualDenoiser, a pair (v, w) or an "
+                    f"AdmmState, got {type(ws).__name__}")
+
+
+# ---------------------------------------------------------------------- solver
+def solve_admm(problem: DualProblem, config: AdmmConfig | None = None) -> DualSolution:
+    """Solve eq. 4 (squared, l1 or Huber loss) to relative residuals `config.tol`."""
+    cfg = config or AdmmConfig()
+    threads = cfg.num_threads
+    if threads is None:
+        work = problem.n_pixels * problem.n_patterns * problem.patch_dim
+        threads = 1 if work <= 5_000_000 else torch.get_num_threads()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        solution = _solve(problem, cfg)
+    finally:
+        torch.set_num_threads(before)
+    solution.info.details["num_threads"] = threads
+    return solution
+
+
+def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
+    t_start = time.perf_counter()
+    device = torch.device(cfg.device) if cfg.device else problem.noisy.device
+    dt = cfg.dtype
+    loss, delta = problem.loss.name, problem.loss.huber_delta
+    split = loss != "squared"
+    sx, sy = _scales(problem)
+    beta = problem.beta / (sx if loss == "l1" else sx * sy)               # internal beta
+    dlt = delta / sy
+    ops = PatternOperators(problem.noisy, problem.generators, sx, device, dt, cfg.block_elements)
+    p, d = ops.n_patterns, ops.dim
+    y = (problem.target.to(device=device, dtype=dt).reshape(-1) / sy)
+    lin = make_linear_solver(ops, cfg, split)
+    prox = ConeProx(ops)
+    aty = ops.At(y)
+    rho = float(cfg.rho) if cfg.rho else lin.default_rho()
+    kappa = 1.0                                                           # rho_q = kappa rho
+    # ---- initial point (internal units: filters times sx / sy)
+    ws = cfg.warm_start
+    lam = None
+    if isinstance(ws, AdmmState):
+        f = (sx / sy) / (ws.x_scale / ws.y_scale)
+        z = ws.z.to(device=device, dtype=dt) * f
+        lam = ws.lam.to(device=device, dtype=dt) * (ws.rho / rho) * f
+    elif ws is not None:
+        v0, w0 = _warm_point(ws, problem)
+        z = torch.cat([v0.reshape(p, d), w0.reshape(p, d)]).to(device=device, dtype=dt)
+        z = prox(z * (sx / sy), 0.0)                                    # into the cones
+    else:
+        z = torch.zeros((2 * p, d), device=device, dtype=dt)
+    if lam is None:
+        lam = torch.zeros_like(z)
+    q = ops.A(z[:p] - z[p:])
+    nu = torch.zeros_like(q)
+    if split:
+        aq = ops.At(q - nu)
+    lin.set_rho(rho, kappa)
+    t_setup = time.perf_counter() - t_start
+    alpha = cfg.relaxation
+    history: list[dict[str, float]] = []
+    status, it = "max_iter", 0
+    obj_scale = sy if loss == "l1" else sy * sy
+    eps_abs = 1e-3 * cfg.tol
+    r_pri = r_dual = e_pri = e_dual = float("nan")
+    t_loop = time.perf_counter()
+    for it in range(1, cfg.max_iter + 1):
+        # ---- u-step: (F^T F + rho I) u = F^T y + rho (z - lam), in (a, b) = (v - w, v + w)
+        rv = rho * (z - lam)
+        rhs_a = rv[:p] - rv[p:] + (2.0 * kappa * rho * aq if split else 2.0 * aty)
+        a = lin.solve_a(rhs_a)
+        b = (rv[:p] + rv[p:]) / rho
+        u = torch.cat([0.5 * (b + a), 0.5 * (b - a)])
+        # ---- relaxed z-step: exact prox of beta ||.|| + cone indicator, then dual update
+        uh = alpha * u + (1.0 - alpha) * z
+        z_old = z
+        z = prox(uh + lam, beta / rho)
+        lam = lam + uh - z
+        r2 = float((u - z).pow(2).sum())
+        n_u, n_z = float(u.pow(2).sum()), float(z.pow(2).sum())
+        dres = rho * (z - z_old)
+        ydual = rho * lam
+        if split:
+            pred = ops.A(a)
+            ph = alpha * pred + (1.0 - alpha) * q
+            q_old = q
+            q = y + _loss_prox(ph + nu - y, loss, 1.0 / (kappa * rho), dlt)
+            nu = nu + ph - q
+            aq, adq, anu = ops.At(torch.stack([q - nu, q - q_old, nu], 1))
+            r2 += float((pred - q).pow(2).sum())
+            n_u += float(pred.pow(2).sum())
+            n_z += float(q.pow(2).sum())
+            dres = dres + kappa * rho * torch.cat([adq, -adq])
+            ydual = ydual + kappa * rho * torch.cat([anu, -anu])
+        r_pri, r_dual = math.sqrt(r2), float(dres.norm())
+        e_pri = math.sqrt(max(n_u, n_z)) + eps_abs
+        e_dual = float(ydual.norm()) + eps_abs
+        done = r_pri <= cfg.tol * e_pri and r_dual <= cfg.tol * e_dual
+        if cfg.log_every and (it % cfg.log_every == 0 or it == 1 or done):
+            # objective at z, which is cone-feasible: an upper bound on eq. 4's optimum
+            obj = _loss_value(ops.A(z[:p] - z[p:]) - y, loss, dlt) \
+                + beta * float(z.norm(dim=1).sum())
+            history.append({"iteration": it, "objective": obj * obj_scale,
+                            "r_primal": r_pri / e_pri, "r_dual": r_dual / e_dual,
+                            "violation": 0.0, "rho": rho,
+                            "seconds": time.perf_counter() - t_start})
+            if cfg.verbose and it % (100 * cfg.log_every) == 0:
+                print(f"admm {it:6d} obj {obj * obj_scale:.10g} rp {r_pri / e_pri:.2e} "
+                      f"rd {r_dual / e_dual:.2e} rho {rho:.3g}")
+        if done:
+            status = "optimal"
+            break
+        if cfg.time_limit is not None and time.perf_counter() - t_start > cfg.time_limit:
+            status = "time_limit"
+            break
+        # ---- residual balancing (OSQP rule on normalised residuals)
+        if cfg.adaptive_rho and it % cfg.adapt_every == 0:
+            ratio = math.sqrt((r_pri / e_pri) / max(r_dual / e_dual, 1e-300))
+            if ratio > 3.0 or ratio < 1.0 / 3.0:
+                new = rho * min(max(ratio, 0.1), 10.0)
+                f = rho / new
+                lam = lam * f
+                if split:
+                    nu = nu * f
+                    aq, anu = ops.At(q - nu), anu * f
+                rho = new
+                lin.set_rho(rho, kappa)
+    t_solve = time.perf_counter() - t_loop
+    if status != "optimal":
+        msg = (f"ADMM stopped with status {status!r} after {it} iterations without reaching "
+               f"tol={cfg.tol:g}: relative primal residual {r_pri / e_pri:.3e}, relative dual "
+               f"residual {r_dual / e_dual:.3e}")
+        if not cfg.allow_inaccurate:
+            raise ConvexSolverError(msg + "; no solution is returned. Raise max_iter, loosen "
+                                    "tol, or pass allow_inaccurate=True to get the iterate.",
+                                    status)
+        warnings.warn(msg + "; returning the inaccurate iterate (allow_inaccurate=True)",
+                      RuntimeWarning, stacklevel=3)
+    # ---- returned point: the group-sparse, cone-feasible copy z
+    pred, gz = ops.forward(z)
+    obj = (_loss_value(pred - y, loss, dlt) + beta * float(z.norm(dim=1).sum())) * obj_scale
+    top = float(gz.abs().max()) if gz.numel() else 0.0
+    viol = float((-gz).clamp_min(0).max()) / top if top > 0 else 0.0
+    back = sy / sx
+    shape = tuple(problem.generators.shape)
+    v = (z[:p] * back).reshape(shape).cpu()
+    w = (z[p:] * back).reshape(shape).cpu()
+    if split:
+        loss_dual = (-kappa * rho * nu) * (1.0 if loss == "l1" else sy)
+    else:
+        loss_dual = (y - pred) * sy
+    details: dict[str, Any] = {
+        "r_primal": r_pri / e_pri, "r_dual": r_dual / e_dual, "rho": rho,
+        "linear_solver": lin.name, "linear_setup_seconds": lin.setup_seconds,
+        "cg_iterations": getattr(lin, "total_iterations", None),
+        "prox_rounds": prox.rounds, "nnls_calls": prox.nnls_calls,
+        "storage": ops.storage, "device": str(device), "dtype": str(dt),
+        "x_scale": sx, "y_scale": sy,
+        "relative_violation_internal": viol, "loss_dual": loss_dual.cpu(),
+        "n_pixels": ops.n_pixels, "n_patterns": p,
+    }
+    if cfg.return_state:
+        details["state"] = AdmmState(z, lam, rho, sx, sy)
+    info = SolveInfo(solver="admm", status=status, setup_seconds=t_setup, solve_seconds=t_solve,
+                     total_seconds=time.perf_counter() - t_start, iterations=it,
+                     reported_objective=obj, details=details)
+    return DualSolution(v, w, info, history)

@@ -1,0 +1,211 @@
+"""Optimality evidence for eq. 4 (Appendix C): a dual point, a lower bound, pattern pricing.
+
+Weak duality (MATH.md, App. C): for every `lambda` (N,) with, for every sampled pattern i,
+
+    c_i^+ = max_{v in K_i, ||v|| <= 1}  lambda^T D_i X v <= beta,
+    c_i^- = max_{w in K_i, ||w|| <= 1} -lambda^T D_i X w <= beta,
+    K_i = {v : (2D_i - I) X v >= 0}
+
+the optimum of eq. 4 is at least `lambda^T y - l*(lambda)` (squared: `1/2 ||lambda||^2`; Huber:
+the same with `|lambda| <= delta`; l1: 0 with `|lambda| <= 1`). We take `lambda = t lambda_0`,
+`lambda_0 = y - prediction` (squared; clipped for Huber; the ADMM multiplier for l1), and the
+best `t` that satisfies the constraints. Two checks of the constraints:
+
+  exact  `c_i^+- = ||P_{K_i}(+-X^T D_i lambda)||` (the max of a linear function over the unit ball
+         inside a cone is the norm of the projection; computed by NNLS, the small SOCP's dual);
+  gated  `||X^T D_i lambda||`, the same max without the cone: larger, so a valid, looser bound.
+
+With every sign pattern present, the exact bound also bounds the non-convex eq. 2 from below.
+Pricing: the gated value of many fresh random generators, streamed; a value above beta says a
+pattern *may* lower the objective, the value at the generator itself (a point of its cone) above
+beta says one *will*.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import nnls
+
+from ._validation import as_targets
+from .patches import patch_matrix
+from .patterns import sample_generators, sign_masks
+
+__all__ = ["Certificate", "PricingReport", "dual_point", "pattern_values", "certify",
+           "price_patterns", "cone_sup", "enumerate_generators_2d"]
+
+
+@dataclass
+class Certificate:
+    objective: float          # eq. 4 objective of the model (an upper bound when feasible)
+    lower_bound: float        # weak-duality lower bound on the sampled program
+    certified_gap: float      # (objective - lower_bound) / |objective|
+    check: str                # "exact" or "gated"
+    max_constraint_ratio: float  # max_i c_i / beta at lambda_0 scaled to the best t
+    scale: float              # t
+    relative_violation: float  # of the model's cone constraints
+    n_patterns: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PricingReport:
+    n_generators: int
+    max_gated_ratio: float        # max ||X^T D_g lambda|| / beta over fresh generators
+    n_gated_violations: int       # how many exceed 1 (may lower the objective)
+    max_generator_ratio: float    # max |lambda^T (X g)_+| / (||g|| beta): a proven lower value
+    n_proven_violations: int      # how many exceed 1 (adding them lowers the objective)
+    top_generators: torch.Tensor  # (k, C, k, k) the best candidates by gated value
+    top_gated_ratio: torch.Tensor
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_generators"] = None
+        d["top_gated_ratio"] = self.top_gated_ratio.tolist()
+        return d
+
+
+def dual_point(model, noisy, clean, dual: torch.Tensor | None = None) -> torch.Tensor:
+    """`lambda_0` (N,) in patch-row order: `y - prediction` (squared), clipped (Huber), or the
+    solver's loss multiplier (l1; `solve_info_.details["loss_dual"]`, else `sign(y - pred)`)."""
+    x = model._inputs(noisy)
+    y = as_targets(clean, x)
+    if dual is not None:
+        return torch.as_tensor(dual, dtype=torch.float64).reshape(-1)
+    r = (y - model.predict(x)).reshape(-1)
+    if model.loss == "huber":
+        return r.clamp(-model.huber_delta, model.huber_delta)
+    if model.loss == "l1":
+        stored = getattr(model, "solve_info_", None)
+        stored = stored.details.get("loss_dual") if stored is not None else None
+        if stored is not None and stored.numel() == r.numel():
+            return stored.to(torch.float64).reshape(-1)
+        return torch.sign(r)
+    return r
+
+
+def cone_sup(c: np.ndarray, b: np.ndarray) -> float:
+    """`max {c^T v : ||v|| <= 1, b v >= 0}` = `||P_K(c)||`, K = {v : b v >= 0} (exact, NNLS)."""
+    keep = np.linalg.norm(b, axis=1) > 0
+    b = b[keep] / np.linalg.norm(b[keep], axis=1, keepdims=True)
+    if b.shape[0] == 0:
+        return float(np.linalg.norm(c))
+    mu, _ = nnls(b.T, -c, maxiter=100 * b.shape[0])
+    return float(np.linalg.norm(c + b.T @ mu))
+
+
+def pattern_values(x: torch.Tensor, generators: torch.Tensor, lam: torch.Tensor,
+                   check: str = "gated") -> tuple[torch.Tensor, torch.Tensor]:
+    """`(c^+, c^-)` (P,) for every pattern of `generators` on images x (see module doc)."""
+    k = int(generators.shape[-1])
+    xp = patch_matrix(x, k)                                              # (N, d)
+    masks = sign_masks(x, generators).permute(0, 2, 3, 1).reshape(xp.shape[0], -1)
+    c = (masks.to(xp.dtype) * lam[:, None]).T @ xp                      # (P, d)
+    if check == "gated":
+        n = c.norm(dim=1)
+        return n, n.clone()
+    if check != "exact":
+        raise ValueError(f"check: expected 'gated' or 'exact', got {check!r}")
+    xn, mn, cn = xp.numpy(), masks.numpy(), c.numpy()
+    cp, cm = np.zeros(len(cn)), np.zeros(len(cn))
+    for i in range(len(cn)):
+        b = xn * (2.0 * mn[:, i] - 1.0)[:, None]
+        cp[i], cm[i] = cone_sup(cn[i], b), cone_sup(-cn[i], b)
+    return torch.from_numpy(cp), torch.from_numpy(cm)
+
+
+def _best_scale(lam0: torch.Tensor, y: torch.Tensor, loss: str, delta: float,
+                limit: float) -> tuple[float, float]:
+    """Largest lower bound over `lambda = t lambda_0`, `0 <= t <= limit`: (bound, t)."""
+    ly, ll = float(lam0 @ y), float(lam0 @ lam0)
+    inf = float(lam0.abs().max()) if lam0.numel() else 0.0
+    if loss == "l1":
+        limit = min(limit, 1.0 / inf) if inf > 0 else limit
+        t = limit if ly > 0 else 0.0
+        return t * ly, t
+    if loss == "huber" and inf > 0:
+        limit = min(limit, delta / inf)
+    t = min(max(ly / ll, 0.0), limit) if ll > 0 else 0.0
+    return t * ly - 0.5 * t * t * ll, t
+
+
+def certify(model, noisy, clean, check: str = "exact", dual: torch.Tensor | None = None
+            ) -> Certificate:
+    """Lower bound and certified relative gap of a fitted `ConvexDualDenoiser` (App. C)."""
+    t0 = time.perf_counter()
+    x = model._inputs(noisy)
+    y = as_targets(clean, x)
+    target = (y - x if model.residual else y).reshape(-1)
+    lam0 = dual_point(model, x, y, dual)
+    cp, cm = pattern_values(x, model.generators_, lam0, check)
+    cmax = float(torch.maximum(cp, cm).max())
+    limit = model.beta / cmax if cmax > 0 else float("inf")
+    lb, t = _best_scale(lam0, target, model.loss, model.huber_delta, limit)
+    obj = model.objective(x, y, reduction="sum")
+    viol = model.constraint_violation(x)
+    return Certificate(obj, lb, (obj - lb) / max(abs(obj), 1e-300), check,
+                       t * cmax / model.beta, t, viol.relative,
+                       int(model.generators_.shape[0]), time.perf_counter() - t0)
+
+
+def price_patterns(model, noisy, clean, n_generators: int = 100_000, block: int = 2048,
+                   seed: int = 12345, top_k: int = 64, dual: torch.Tensor | None = None
+                   ) -> PricingReport:
+    """Gated pricing of `n_generators` fresh Gaussian generators, streamed in blocks."""
+    t0 = time.perf_counter()
+    x = model._inputs(noisy)
+    y = as_targets(clean, x)
+    lam = dual_point(model, x, y, dual)
+    k, c = model.kernel_size, x.shape[1]
+    xp = patch_matrix(x, k)
+    best_val = torch.empty(0, dtype=torch.float64)
+    best_gen = torch.empty((0, c, k, k), dtype=torch.float64)
+    n_gated = n_proven = 0
+    max_gated = max_gen = 0.0
+    rng_seed = seed
+    done = 0
+    while done < n_generators:
+        nb = min(block, n_generators - done)
+        g = sample_generators(nb, c, k, rng_seed)
+        rng_seed += 1
+        pre = xp @ g.reshape(nb, -1).T                                    # (N, nb)
+        m = (pre >= 0).to(xp.dtype)
+        gated = ((m * lam[:, None]).T @ xp).norm(dim=1) / model.beta
+        direct = (lam @ pre.clamp_min(0)).abs() / (g.reshape(nb, -1).norm(dim=1) * model.beta)
+        max_gated = max(max_gated, float(gated.max()))
+        max_gen = max(max_gen, float(direct.max()))
+        n_gated += int((gated > 1).sum())
+        n_proven += int((direct > 1).sum())
+        vals = torch.cat([best_val, gated])
+        gens = torch.cat([best_gen, g])
+        order = torch.argsort(vals, descending=True)[:top_k]
+        best_val, best_gen = vals[order], gens[order]
+        done += nb
+    return PricingReport(n_generators, max_gated, n_gated, max_gen, n_proven, best_gen,
+                         best_val, time.perf_counter() - t0)
+
+
+def enumerate_generators_2d(images: torch.Tensor) -> torch.Tensor:
+    """One generator per full-dimensional sign-pattern cell when patches are 2-dimensional
+    (k = 1, C = 2): the cells of the line arrangement `{g : X_n g = 0}` in R^2 are the arcs
+    between consecutive boundary angles; their midpoints give every pattern. (P, 2, 1, 1)."""
+    x = torch.as_tensor(images, dtype=torch.float64)
+    if x.ndim != 4 or x.shape[1] != 2:
+        raise ValueError(f"expected images (n, 2, H, W) (k = 1, two channels), "
+                         f"got {tuple(x.shape)}")
+    rows = x.permute(0, 2, 3, 1).reshape(-1, 2).numpy()
+    rows = rows[np.linalg.norm(rows, axis=1) > 0]
+    phi = np.arctan2(rows[:, 1], rows[:, 0])
+    bounds = np.sort(np.mod(np.concatenate([phi + np.pi / 2, phi - np.pi / 2]), 2 * np.pi))
+    bounds = np.unique(bounds)
+    mids = (bounds + np.diff(np.concatenate([bounds, bounds[:1] + 2 * np.pi])) / 2)
+    g = np.stack([np.cos(mids), np.sin(mids)], 1)
+    return torch.from_numpy(g).reshape(-1, 2, 1, 1)
