@@ -8,6 +8,10 @@ import torch
 
 from convexnn.data import NoiseConfig, add_noise, load_mnist, normalize_mnist
 
+# One intra-op thread: tiny tensors gain nothing from more, and on a busy 2-core machine
+# thread hand-offs made some tests 10-100x slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def mnist_digits() -> np.ndarray:
