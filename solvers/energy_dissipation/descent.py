@@ -1,0 +1,267 @@
+"""Algorithm 1: learned energy dissipation with an Armijo line search.
+
+``u^{k+1} = u^k - tau_k d^k`` (eq. 5) with ``d^k = G(u^k, f, grad E(u^k); theta)`` (eq. 3),
+``tau_k`` from backtracking: start at ``tau = 1`` and multiply by ``rho`` until
+``E(u - tau d) <= E(u) - c tau <d, grad E(u)>``. Each batch sample is its own problem with its
+own step. Stops when every sample has ``||grad E|| <= grad_tol``, meets the discrepancy principle
+``||A u - f|| <= delta`` (eq. 2), or after ``max_iter`` iterations. ``step_rule="constant"``
+uses ``tau = zeta1 / (zeta2^2 L)`` of Prop. 2 instead of the line search.
+
+Safeguards that keep ``E(u^{k+1}) <= E(u^k)`` for any direction (Prop. 1, eq. 10): a sample
+whose direction is not a descent direction (``<d, g> <= 0``, only possible without a projection
+layer or below the ``1e-6`` gradient floor) or whose line search exhausts ``max_backtracks``
+does not move and is marked; NaN/inf energies, gradients or directions raise ``EnergyError``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..energies import Energy, EnergyError, check_batch
+from ..history import History
+from .projection import TwoSidedProjection
+
+__all__ = ["DescentConfig", "energy_dissipating_descent", "gradient_descent"]
+
+Direction = Callable[[Tensor, Tensor, Energy], Tensor]
+
+
+@dataclass
+class DescentConfig:
+    """Options of Algorithm 1.
+
+    c, rho : Armijo constant in (0, 0.5) and backtracking factor in (0, 1).
+    max_iter : iterations; grad_tol : stop when ``||grad E|| <= grad_tol`` (every sample).
+    discrepancy : delta of eq. 2 (a number or a per-sample tensor); stop when every sample has
+        ``||A u - f|| <= delta``.
+    step_rule : ``"armijo"`` (Algorithm 1) or ``"constant"`` (Prop. 2: ``zeta1/(zeta2^2 L)``).
+    zeta1, zeta2, lipschitz : for the constant step; default from the network's
+        ``TwoSidedProjection`` and ``energy.lipschitz()``.
+    initial_step : the first trial step of the line search (Algorithm 1: 1).
+    max_backtracks : a sample that needs more does not move (flagged).
+    reference, data_range, compute_ssim : PSNR/SSIM per iteration in the history.
+    """
+
+    c: float = 1e-4
+    rho: float = 0.5
+    max_iter: int = 100
+    grad_tol: float = 1e-8
+    discrepancy: float | Tensor | None = None
+    step_rule: Literal["armijo", "constant"] = "armijo"
+    zeta1: float | None = None
+    zeta2: float | None = None
+    lipschitz: float | None = None
+    initial_step: float = 1.0
+    max_backtracks: int = 60
+    reference: Tensor | None = None
+    data_range: float | None = None
+    compute_ssim: bool = False
+    record_history: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.c < 0.5:
+            raise ValueError(f"DescentConfig: c: expected 0 < c < 0.5, got {self.c!r}")
+        if not 0 < self.rho < 1:
+            raise ValueError(f"DescentConfig: rho: expected 0 < rho < 1, got {self.rho!r}")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or \
+                self.max_iter < 0:
+            raise ValueError(f"DescentConfig: max_iter: expected an integer >= 0, got "
+                             f"{self.max_iter!r}")
+        if not self.grad_tol >= 0:
+            raise ValueError(f"DescentConfig: grad_tol: expected >= 0, got {self.grad_tol!r}")
+        if self.step_rule not in ("armijo", "constant"):
+            raise ValueError(f"DescentConfig: step_rule: expected 'armijo' or 'constant', got "
+                             f"{self.step_rule!r}")
+        if not (math.isfinite(self.initial_step) and self.initial_step > 0):
+            raise ValueError(f"DescentConfig: initial_step: expected > 0, got "
+                             f"{self.initial_step!r}")
+        if self.max_backtracks < 0:
+            raise ValueError(f"DescentConfig: max_backtracks: expected >= 0, got "
+                             f"{self.max_backtracks!r}")
+        if self.discrepancy is not None and not bool(
+                torch.all(torch.as_tensor(self.discrepancy) >= 0)):
+            raise ValueError(f"DescentConfig: discrepancy: expected delta >= 0, got "
+                             f"{self.discrepancy!r}")
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("reference")
+        if isinstance(d["discrepancy"], Tensor):
+            d["discrepancy"] = d["discrepancy"].tolist()
+        return d
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).flatten(1).sum(dim=1)
+
+
+def _bcast(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _direction(direction, u: Tensor, g: Tensor, energy: Energy) -> Tensor:
+    if direction is None:
+        return g
+    if hasattr(direction, "direction"):
+        return direction.direction(u, g, energy)
+    return direction(u, g, energy)
+
+
+def _finite(name: str, t: Tensor, k: int) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise EnergyError(f"energy_dissipating_descent: iteration {k}: the {name} holds "
+                          f"{int((~torch.isfinite(t)).sum())} NaN/inf values")
+
+
+def _constant_step(direction, energy: Energy, u: Tensor, cfg: DescentConfig) -> float:
+    z1, z2 = cfg.zeta1, cfg.zeta2
+    proj = getattr(direction, "projection", None)
+    if (z1 is None or z2 is None) and isinstance(proj, TwoSidedProjection):
+        z1, z2 = proj.zeta1, proj.zeta2
+    if direction is None and (z1 is None or z2 is None):
+        z1 = z2 = 1.0                     # d = g lies in C(1, 1, g)
+    if z1 is None or z2 is None:
+        raise ValueError("step_rule='constant' (Prop. 2) needs zeta1 and zeta2: set them in "
+                         "DescentConfig or use a network with a TwoSidedProjection (eq. 15)")
+    if not (0 < z1 <= z2):
+        raise ValueError(f"step_rule='constant': expected 0 < zeta1 <= zeta2, got zeta1 = {z1},"
+                         f" zeta2 = {z2}")
+    lip = cfg.lipschitz if cfg.lipschitz is not None else energy.lipschitz(u)
+    if lip is None or not lip > 0:
+        raise ValueError(f"step_rule='constant' (Prop. 2) needs the Lipschitz constant L of "
+                         f"grad E; the energy {type(energy).__name__} does not know it: pass "
+                         f"DescentConfig(lipschitz=...)")
+    return z1 / (z2 * z2 * lip)          # Prop. 2: tau = zeta1 / (zeta2^2 L)
+
+
+@torch.no_grad()
+def energy_dissipating_descent(energy: Energy, u0: Tensor, direction: Direction | None = None,
+                               config: DescentConfig | None = None
+                               ) -> tuple[Tensor, History]:
+    """Algorithm 1 from ``u0`` ``(B, ...)``; ``direction`` a ``DirectionNetwork``, any
+    callable ``(u, g, energy) -> d``, or None for the gradient. Returns ``(u, History)``;
+    the history's energy is the sum over the batch, its flags hold the per-sample steps and
+    backtracking counts."""
+    cfg = config or DescentConfig()
+    if not isinstance(energy, Energy):
+        raise TypeError(f"energy: expected a solvers.energies.Energy, got "
+                        f"{type(energy).__name__}")
+    if not energy.differentiable:
+        raise EnergyError(f"{type(energy).__name__} is not differentiable; Algorithm 1 needs a "
+                          f"continuously differentiable energy (e.g. CharbonnierTV with eps > 0)")
+    u = check_batch(u0, "u0").clone()
+    energy.check_input(u)
+    was_training = getattr(direction, "training", False)
+    if was_training:
+        direction.eval()
+    delta = None if cfg.discrepancy is None else torch.as_tensor(
+        cfg.discrepancy, dtype=u.dtype, device=u.device).expand(u.shape[0])
+    tau_const = _constant_step(direction, energy, u, cfg) if cfg.step_rule == "constant" \
+        else None
+    hist = History("energy_dissipation" if direction is not None else "gradient_descent",
+                   config=cfg.summary())
+    e, g = energy.value_and_gradient(u)
+    _finite("energy", e, 0)
+    _finite("gradient", g, 0)
+    hist.flags.update(initial_energy=float(e.sum()), initial_energy_per_sample=e.tolist())
+    x0n = float(u.norm()) or 1.0
+    t0 = time.perf_counter()
+    reason, converged = f"max_iter = {cfg.max_iter} reached", False
+    stalled = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
+    try:
+        for k in range(cfg.max_iter + 1):
+            gnorm = g.flatten(1).norm(dim=1)
+            done = gnorm <= cfg.grad_tol
+            if bool((gnorm == 0).all()):
+                reason, converged = "zero gradient", True
+                break
+            if bool(done.all()):
+                reason, converged = f"||grad E|| <= {cfg.grad_tol:g}", True
+                break
+            if delta is not None:
+                res = energy.residual(u)
+                done = done | (res <= delta)
+                if bool((res <= delta).all()):
+                    reason, converged = "discrepancy principle ||A u - f|| <= delta", True
+                    break
+            if bool((done | stalled).all()):
+                reason, converged = "every sample converged or stalled", bool(done.all())
+                break
+            if k == cfg.max_iter:
+                break
+            d = _direction(direction, u, g, energy)
+            if not isinstance(d, Tensor) or d.shape != u.shape:
+                raise ValueError(f"direction: expected a tensor of the shape of u "
+                                 f"{tuple(u.shape)}, got "
+                                 f"{tuple(d.shape) if isinstance(d, Tensor) else type(d)}")
+            d = d.to(u.dtype)
+            _finite("direction", d, k + 1)
+            slope = _dot(d, g)                           # <d^k, grad E(u^k)>
+            active = ~done & ~stalled & (slope > 0)
+            not_descent = ~done & ~stalled & (slope <= 0)
+            tau = torch.where(active, torch.full_like(e, tau_const or cfg.initial_step),
+                              torch.zeros_like(e))
+            backtracks = torch.zeros_like(e, dtype=torch.long)
+            u_new = u - _bcast(tau, u) * d               # eq. 5
+            e_new = energy.value(u_new)
+            if tau_const is None:
+                for _ in range(cfg.max_backtracks):
+                    # Algorithm 1, line 6: E(u^{k+1}) > E(u^k) - c tau <d^k, grad E(u^k)>
+                    bad = active & ~(e_new <= e - cfg.c * tau * slope)
+                    if not bool(bad.any()):
+                        break
+                    tau = torch.where(bad, tau * cfg.rho, tau)
+                    backtracks += bad.long()
+                    u_try = u - _bcast(tau, u) * d
+                    e_try = energy.value(u_try)
+                    u_new = torch.where(_bcast(bad, u), u_try, u_new)
+                    e_new = torch.where(bad, e_try, e_new)
+            failed = active & ~(e_new <= e - cfg.c * tau * slope) if tau_const is None \
+                else active & ~(e_new <= e)
+            keep = ~active | failed | ~torch.isfinite(e_new)
+            tau = torch.where(keep, torch.zeros_like(tau), tau)
+            u_new = torch.where(_bcast(keep, u), u, u_new)
+            e_new = torch.where(keep, e, e_new)
+            stalled = stalled | failed | not_descent
+            change = float((u_new - u).norm()) / x0n
+            u = u_new
+            e, g = energy.value_and_gradient(u)
+            if not bool(torch.isfinite(e).all()):
+                _finite("energy", e, k + 1)
+            _finite("gradient", g, k + 1)
+            if cfg.record_history:
+                residual = None
+                try:
+                    residual = float(energy.residual(u).pow(2).sum().sqrt())
+                except EnergyError:
+                    pass
+                hist.record(change, step=float(tau.mean()), energy=float(e.sum()),
+                            residual=residual, x=u if cfg.reference is not None else None,
+                            reference=cfg.reference, data_range=cfg.data_range,
+                            compute_ssim=cfg.compute_ssim, time=time.perf_counter() - t0,
+                            backtracks=backtracks.tolist(), tau=tau.tolist(),
+                            grad_norm=float(g.flatten(1).norm(dim=1).max()),
+                            line_search_failed=int(failed.sum()),
+                            not_descent=int(not_descent.sum()))
+        if bool(stalled.any()) and not converged:
+            reason += f"; {int(stalled.sum())} sample(s) stalled (line search failed or not " \
+                      f"a descent direction)"
+    finally:
+        if was_training:
+            direction.train()
+    return u, hist.finish(converged, reason)
+
+
+def gradient_descent(energy: Energy, u0: Tensor, config: DescentConfig | None = None,
+                     scale: float = 1.0) -> tuple[Tensor, History]:
+    """Algorithm 1 with the direction ``d = scale * grad E`` (``scale = 1/L``: first trial step
+    ``1/L``)."""
+    from .networks import GradientDirection
+    return energy_dissipating_descent(energy, u0, GradientDirection(scale), config)
