@@ -1,4 +1,4 @@
-"""Command line: `convexnn demo`, `convexnn fit`, `convexnn gap`.
+"""Command line: `convexnn demo`, `convexnn fit`, `convexnn gap`, `convexnn interpret`.
 
 Exit codes: 0 success; 1 the solver failed (status reported); 2 bad input or usage;
 3 the problem is too large for the chosen solver (use another, or --force).
@@ -28,6 +28,7 @@ EPILOG = """examples:
   convexnn fit --clean my_images/ --sigma 0.1 --out results/mine
   convexnn fit --pairs pairs.npz --patterns 40 --cvxpy-solver SCS
   convexnn gap results/mine/model.safetensors --pairs pairs.npz
+  convexnn interpret results/mine/model.safetensors --data mnist --out results/interp
 """
 
 
@@ -109,6 +110,31 @@ def build_parser() -> argparse.ArgumentParser:
     gap.add_argument("model", help="model.safetensors")
     gap.add_argument("--pairs", required=True, help="noisy/clean pairs (.npz or folder)")
     gap.add_argument("--json", action="store_true", help="print JSON")
+
+    interp = sub.add_parser(
+        "interpret", help="path sparsity, filters and patch clusters of a saved model",
+        description="Interpret a saved model (dual or primal from `convexnn fit/demo`, or a "
+                    "greedy stack from convexnn.deep.save_stack): nonzero paths and path norm "
+                    "(paper eq. 7), the largest filters with their frequency responses (Fig. 4) "
+                    "and k-means clusters of the per-pixel active paths on --data (eq. 8, "
+                    "Fig. 5). Writes interpret.json, filters*.png and clusters.png.")
+    interp.add_argument("model", help="model.safetensors")
+    interp.add_argument("--data", required=True,
+                        help="images to cluster (clean ones, as in the paper): .npy, .npz (its "
+                             "'clean' array or only array), an image file or folder, or "
+                             "'mnist' for the shipped MNIST test digits (normalised)")
+    interp.add_argument("--n-images", type=int, default=8,
+                        help="use at most this many images (default %(default)s)")
+    interp.add_argument("--clusters", type=int, default=12, help="k of k-means (default 12)")
+    interp.add_argument("--filters", type=int, default=16,
+                        help="how many of the largest filters to draw (default 16)")
+    interp.add_argument("--fft-size", type=int, default=32,
+                        help="zero-padded DFT size of the frequency responses (default 32)")
+    interp.add_argument("--tol", type=float, default=1e-3,
+                        help="a path is nonzero above tol x the largest path norm (default "
+                             "1e-3)")
+    interp.add_argument("--seed", type=int, default=0, help="k-means seed")
+    _add_output_args(interp, "convexnn_out/interpret")
     return parser
 
 
@@ -252,6 +278,51 @@ def _gap(args: argparse.Namespace) -> dict[str, Any]:
     return report.to_dict()
 
 
+def _interpret_images(args: argparse.Namespace) -> torch.Tensor:
+    from .data import load_images, load_mnist, normalize_mnist
+
+    if args.n_images < 1:
+        raise ValueError(f"--n-images: expected a positive integer, got {args.n_images}")
+    if args.data == "mnist":
+        return torch.from_numpy(normalize_mnist(
+            load_mnist("test")[:args.n_images].astype(np.float64))).unsqueeze(1)
+    path = Path(args.data)
+    key = None
+    if path.suffix.lower() == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as archive:
+            key = "clean" if "clean" in archive.files else None
+    return torch.as_tensor(load_images(path, key=key)[:args.n_images])
+
+
+def _interpret(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
+    from .interpret import interpret_model, load_interpretable
+
+    if args.clusters < 1 or args.filters < 1:
+        raise ValueError(f"--clusters and --filters: expected positive integers, got "
+                         f"{args.clusters} and {args.filters}")
+    if not 0.0 <= args.tol < 1.0:
+        raise ValueError(f"--tol: expected a number in [0, 1), got {args.tol}")
+    model = load_interpretable(args.model)
+    images = _interpret_images(args)
+    log(f"interpreting {type(model).__name__} from {args.model} on {images.shape[0]} images "
+        f"of {tuple(images.shape[1:])}")
+    result = interpret_model(model, images, args.out, n_clusters=args.clusters,
+                             n_filters=args.filters, fft_size=args.fft_size, tol=args.tol,
+                             seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for b, block in enumerate(result["blocks"], start=1):
+            s, c = block["sparsity"], block.get("clusters", {})
+            print(f"block {b}: {s['kind']}, nonzero paths {s['n_nonzero']} / {s['n_paths']}, "
+                  f"path norm (eq. 7) {s['path_norm']:.6g}, 90% of it in {s['n_for_90_percent']}"
+                  f" paths; {c.get('n_clusters', 0)} clusters of "
+                  f"{c.get('n_distinct_codes', 0)} distinct activation codes")
+        print("wrote " + ", ".join(result["files"].values()))
+    log("done")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -264,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             _demo(args, log)
         elif args.command == "fit":
             _fit(args, log)
+        elif args.command == "interpret":
+            _interpret(args, log)
         else:
             _gap(args)
     except ProblemSizeError as exc:
