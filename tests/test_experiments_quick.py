@@ -1,0 +1,436 @@
+"""The `--quick` (CI-sized) runs of the experiment and benchmark scripts, end to end.
+
+Each test loads a script's `main` from its file (experiments/ and benchmarks/ are not packages),
+runs it as `main(["--quick", "--quiet", "--out", tmp_path])` and checks what it wrote: the JSON
+parses, its key numbers are finite and plausible, the properties that hold by construction hold
+(Armijo / PODM energies never increase, exact-solver objectives are monotone in beta and in
+depth, a certified Lipschitz bound is not beaten by a measured one), and the PNG is a PNG.
+
+The times in the comments are one `--quick` run from the command line (interpreter start-up
+included; the ed_* scripts on the two torch threads they ask for) on the 2-core development
+machine while two training runs kept both cores busy. Scripts over 25 s there are marked `slow`
+(run them with `pytest -m slow`). In this file, with imports shared and one thread, the default
+(not slow) selection took 45 s on that machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# the shared-dataset lookup (env variable, then ../shared/datasets) of the restoration tests
+from test_restoration_data import SHARED, needs_shared
+
+from convexnn.data import RESTORATION_DIR_ENV
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS, BENCHMARKS = REPO / "experiments", REPO / "benchmarks"
+SHARED_ENV = "CONVEXNN_SHARED_DATASETS"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@pytest.fixture(autouse=True)
+def _undo_script_side_effects():
+    """The scripts set the torch thread count, `os.environ.setdefault` the dataset folder and
+    may leave figures open: restore all of it so later tests see the conftest state."""
+    threads = torch.get_num_threads()
+    env = {k: os.environ.get(k) for k in (SHARED_ENV, RESTORATION_DIR_ENV)}
+    yield
+    torch.set_num_threads(threads)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
+def _load(path: Path, monkeypatch):
+    """Import a script from its file under its own name (the benchmarks pickle functions of it
+    for spawned children), with its folder and the repo root on sys.path for its imports."""
+    monkeypatch.syspath_prepend(str(path.parent))   # _mnist_common, podm_sparse_sr, ...
+    monkeypatch.syspath_prepend(str(REPO))          # `experiments.pnp_deblur`, convexnn, solvers
+    if SHARED is not None:
+        monkeypatch.setenv(SHARED_ENV, str(SHARED))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, path.stem, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _quick_args(out: Path) -> list[str]:
+    return ["--quick", "--quiet", "--out", str(out)]
+
+
+def _json(path: Path) -> dict:
+    assert path.is_file(), f"{path.name} not written"
+    return json.loads(path.read_text())
+
+
+def _png(path: Path) -> None:
+    assert path.is_file(), f"{path.name} not written"
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000, f"{path.name} is not a real PNG"
+
+
+def _finite(*values) -> None:
+    for v in values:
+        assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), v
+
+
+def _between(value, lo: float, hi: float) -> None:
+    _finite(value)
+    assert lo <= value <= hi, f"{value} not in [{lo}, {hi}]"
+
+
+def _psnr(value) -> None:
+    _between(value, 5.0, 60.0)
+
+
+def _non_increasing(seq, rtol: float = 1e-9) -> None:
+    a = np.asarray(seq, dtype=np.float64)
+    assert a.size >= 2 and np.all(np.isfinite(a))
+    assert np.all(np.diff(a) <= rtol * np.abs(a).max()), f"increases: {a}"
+
+
+def _check_mnist_final(final: dict) -> None:
+    """`final_objectives` of _mnist_common: eq. 2 of the primal and of the dual's eq. 5 primal."""
+    for split in ("train", "test"):
+        f = final[split]
+        _finite(f["primal"], f["dual_rebuilt_primal"])
+        assert f["primal"] > 0 and f["dual_rebuilt_primal"] > 0
+        # normalised digits: the zero network costs about 0.5 per pixel
+        _between(f["primal_mean"], 0.0, 1.0)
+        _between(f["dual_rebuilt_primal_mean"], 0.0, 1.0)
+        rel = (f["dual_rebuilt_primal"] - f["primal"]) / f["primal"]
+        assert f["relative_difference"] == pytest.approx(rel, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- MNIST (shipped)
+
+def test_mnist_zero_gap_quick(tmp_path, monkeypatch):  # 7.9 s
+    _load(EXPERIMENTS / "mnist_zero_gap.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "mnist_zero_gap_sigma0.5_quick.json")
+    _png(tmp_path / "mnist_zero_gap_sigma0.5_quick.png")
+    _png(tmp_path / "mnist_zero_gap_sigma0.5_quick_recon.png")
+    assert d["quick"] is True and d["sigma"] == 0.5 and d["n_train"] == 25
+    _check_mnist_final(d["final"])
+    ph, dh = d["primal_history"], d["dual_history"]
+    # the reported final objectives are the trainers' last evaluations, and training helped
+    assert d["final"]["train"]["primal"] == pytest.approx(ph[-1]["train_objective"], rel=1e-4)
+    assert d["final"]["train"]["dual_rebuilt_primal"] == pytest.approx(
+        dh[-1]["train_primal_objective"], rel=1e-4)
+    assert ph[-1]["train_objective"] < ph[0]["train_objective"]
+    assert dh[-1]["train_primal_objective"] < dh[0]["train_primal_objective"]
+
+
+def test_mnist_robustness_quick(tmp_path, monkeypatch):  # 7.7 s
+    _load(EXPERIMENTS / "mnist_robustness.py", monkeypatch).main(_quick_args(tmp_path))
+    for kind in ("gaussian", "exponential"):
+        d = _json(tmp_path / f"mnist_robustness_{kind}_quick.json")
+        _png(tmp_path / f"mnist_robustness_{kind}_quick.png")
+        assert d["noise"] == kind and d["quick"] is True
+        _check_mnist_final(d["final"])
+        assert len(d["primal_history"]) == len(d["dual_history"]) == 8
+
+
+def test_mnist_pattern_ablation_quick(tmp_path, monkeypatch):  # 7.2 s
+    _load(EXPERIMENTS / "mnist_pattern_ablation.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "mnist_pattern_ablation_quick.json")
+    _png(tmp_path / "mnist_pattern_ablation_quick.png")
+    rows = d["rows"]
+    assert sorted((r["sigma"], r["patterns"]) for r in rows) == [
+        (0.1, 25), (0.1, 100), (0.5, 25), (0.5, 100)]
+    for r in rows:
+        for split in ("train", "test"):
+            assert r[f"{split}_primal"] > 0 and r[f"{split}_dual_rebuilt_primal"] > 0
+            _between(r[f"{split}_primal_mean"], 0.0, 1.0)
+            _between(r[f"{split}_dual_rebuilt_primal_mean"], 0.0, 1.0)
+            _between(r[f"{split}_relative_difference"], -1.0, 10.0)
+
+
+def test_mnist_interpret_quick(tmp_path, monkeypatch):  # 10.4 s
+    _load(EXPERIMENTS / "mnist_interpret.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "mnist_interpret_quick.json")
+    for name in ("filters", "clusters", "sparsity"):
+        _png(tmp_path / f"mnist_interpret_quick_{name}.png")
+    assert (tmp_path / "mnist_interpret_quick_model.safetensors").is_file()
+    assert d["dual"]["train_objective"] > 0 and d["dual"]["test_objective"] > 0
+    sp = d["path_sparsity"]
+    assert 0 < sp["n_nonzero"] <= sp["n_paths"] and sp["n_for_90_percent"] <= sp["n_nonzero"]
+    for c in d["clusters"].values():
+        assert 1 <= c["n_clusters"] <= c["requested"] and sum(c["sizes"]) > 0
+    # exact (cvxpy) sweep over beta: min f + beta R has R(x*) non-increasing and the optimal
+    # value non-decreasing in beta; the largest beta is sparser than the smallest
+    pts = sorted(d["sparsity_sweeps"]["cvxpy"]["points"], key=lambda p: p["beta"])
+    assert len(pts) == 3 and all(p["status"] == "optimal" for p in pts)
+    _non_increasing([p["path_norm"] for p in pts], rtol=1e-3)
+    _non_increasing([-p["objective"] for p in pts], rtol=1e-3)
+    assert pts[-1]["n_nonzero"] < pts[0]["n_nonzero"]
+
+
+def test_mnist_greedy_deep_quick(tmp_path, monkeypatch):  # 13.6 s
+    _load(EXPERIMENTS / "mnist_greedy_deep.py", monkeypatch).main(_quick_args(tmp_path))
+    tag = "mnist_greedy_deep_quick"
+    d = _json(tmp_path / f"{tag}.json")
+    for name in ("depth", "recon", "clusters", "filters_block1", "filters_block3"):
+        _png(tmp_path / f"{tag}_{name}.png")
+    assert (tmp_path / f"{tag}_stack.safetensors").is_file()
+    rows = d["results"]
+    assert sorted((r["method"], r["depth"]) for r in rows) == sorted(
+        (m, k) for m in ("greedy convex", "end-to-end") for k in (1, 2, 3))
+    for r in rows:
+        assert r["train_objective"] > 0 and r["test_objective"] > 0
+        _psnr(r["train_psnr"])
+        _psnr(r["test_psnr"])
+    # solved exactly, a residual block can always be zero: the stack objective never rises
+    exact = d["greedy_exact_small"]["blocks"]
+    assert [b["block"] for b in exact] == [1, 2, 3]
+    assert all(b["status"] == "optimal" and not b["worse_than_zero_block"] for b in exact)
+    _non_increasing([b["stack_objective"] for b in exact], rtol=1e-5)
+
+
+@needs_shared
+def test_mri_dual_quick(tmp_path, monkeypatch):  # 10.1 s (the MRI slices are shared data)
+    _load(EXPERIMENTS / "mri_dual.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "mri_dual_quick.json")
+    for name in ("recon", "curves_R4", "filters_R4"):
+        _png(tmp_path / f"mri_dual_quick_{name}.png")
+    (run,) = d["runs"]
+    assert run["acceleration"] == 4.0
+    _between(run["measured_acceleration"], 3.0, 5.0)
+    for split in ("train", "test"):
+        o = run["objectives"][split]
+        assert o["primal_mean"] > 0 and o["dual_rebuilt_primal_mean"] > 0
+        _between(o["relative_difference"], -1.0, 10.0)
+    for scores in run["test_magnitude_scores"].values():
+        _psnr(scores["psnr"])
+        _between(scores["ssim"], 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- energy dissipation
+
+def _load_ed(name: str, monkeypatch):
+    """An ed_* script with its `setup` kept to one torch thread (it asks for two)."""
+    module = _load(EXPERIMENTS / f"{name}.py", monkeypatch)
+    monkeypatch.setattr(module, "setup", functools.partial(module.setup, threads=1))
+    return module
+
+
+def test_ed_toy2d_quick(tmp_path, monkeypatch):  # 7.7 s
+    _load_ed("ed_toy2d", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "ed_toy2d_quick.json")
+    _png(tmp_path / "ed_toy2d_quick.png")
+    m = d["metrics"]
+    assert set(m) == {"gradient descent", "ED, GD iterates only", "ED, lagged updates"}
+    for v in m.values():
+        assert v["monotone"] is True          # Armijo descent: the energy never increases
+        _between(v["final_energy"], 0.0, 1.0)
+        _finite(v["mean_distance_to_training_points"])
+    # the point of the figure: learned directions end near the training points, GD does not
+    assert (m["ED, GD iterates only"]["mean_distance_to_training_points"]
+            < m["gradient descent"]["mean_distance_to_training_points"])
+
+
+def test_ed_sudoku_quick(tmp_path, monkeypatch):  # 18.8 s
+    _load_ed("ed_sudoku", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "ed_sudoku_quick.json")
+    _png(tmp_path / "ed_sudoku_quick.png")
+    for v in d["table"].values():
+        _between(v["accuracy"], 0.0, 1.0)
+        _between(v["solve_rate"], 0.0, 1.0)
+        _between(v["energy"], 0.0, 100.0)
+    n_test = d["args"]["n_test"]
+    for k in ("gd", "ed"):
+        curve = d["curves"][f"{k}_energy"]       # sum over the test puzzles
+        assert len(curve) == d["args"]["iters"]
+        _non_increasing(curve, rtol=1e-6)
+        assert curve[-1] == pytest.approx(n_test * d["table"][k]["energy"], rel=1e-4)
+
+
+@needs_shared
+def test_ed_ct_quick(tmp_path, monkeypatch):  # 17.5 s
+    _load_ed("ed_ct", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "ed_ct_quick.json")
+    _png(tmp_path / "ed_ct_quick.png")
+    assert len(d["summary"]) == 4 and len(d["test_images"]) == 3
+    for methods in d["summary"].values():
+        for s in methods.values():
+            for key in ("mean_best_psnr", "mean_final_psnr", "psnr_at_10"):
+                _psnr(s[key])
+    # alpha = 0: the energy is the data term, so Armijo descent never increases it
+    for key in ("noise0.1_alpha0.0", "noise0.05_alpha0.0"):
+        for runs in d["curves"][key].values():
+            assert len(runs) == 3
+            for r in runs:
+                _non_increasing(r["data_term"], rtol=1e-6)
+
+
+@pytest.mark.slow   # 28.6 s from the command line (2 threads); 10.8 s in this test (1 thread)
+@needs_shared
+def test_ed_superresolution_quick(tmp_path, monkeypatch):
+    _load_ed("ed_superresolution", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "ed_superresolution_quick.json")
+    _png(tmp_path / "ed_superresolution_quick.png")
+    assert set(d["table"]) == {"set5", "set14"}
+    for row in d["table"].values():
+        assert row["n_images"] == 2 and len(row["ed_iterations_to_gd_residual"]) == 2
+        for m in ("gd", "gd_1_over_L", "baseline", "ed", "ed_at_target"):
+            _psnr(row[m]["psnr"])
+            _between(row[m]["ssim"], 0.0, 1.0)
+            _between(row[m]["res2"], 0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------- restoration
+
+@needs_shared
+def test_deq_deblur_quick(tmp_path, monkeypatch):  # 11.4 s
+    _load(EXPERIMENTS / "deq_deblur.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "deq_deblur_quick.json")
+    _png(tmp_path / "deq_deblur_quick.png")
+    assert d["convex_dual"]["objective"] > 0
+    summary = d["summary"]
+    assert {"blurred input", "DEQ, trained with JFB", "DEQ, trained implicit"} <= set(summary)
+    for method, s in summary.items():
+        for test_set in ("bsd68_heldout", "set12"):
+            _psnr(s[test_set]["psnr"])
+            _between(s[test_set]["ssim"], 0.0, 1.0)
+        if method.startswith("DEQ"):
+            _between(s["converged_fraction"], 0.0, 1.0)
+    _finite(d["speedup_implicit_over_jfb_per_epoch_median"])
+    assert d["speedup_implicit_over_jfb_per_epoch_median"] > 0
+    for mode in ("jfb", "implicit"):
+        loss = d["training"][mode]["epoch_loss"]
+        assert len(loss) == d["config"]["epochs"] and all(math.isfinite(v) for v in loss)
+
+
+@needs_shared
+def test_pnp_deblur_quick(tmp_path, monkeypatch):  # 13.1 s
+    _load(EXPERIMENTS / "pnp_deblur.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "pnp_deblur_quick.json")
+    _png(tmp_path / "pnp_deblur_quick.png")
+    assert len(d["runs"]) == len(d["summary"]) == 7   # 7 denoisers x 1 image/kernel/noise
+    for s in d["summary"].values():
+        _psnr(s["psnr_mean"])
+        _between(s["ssim_mean"], 0.0, 1.0)
+        _between(s["monotone_fraction"], 0.0, 1.0)
+    # convex-FNE: J = (I + Q)/2 with Lip(Q) <= certificate <= 1; a measured local Lipschitz
+    # constant (power iteration, a lower bound) cannot exceed the certified one
+    cert = d["training"]["convex-FNE"]["lipschitz_certificate"]
+    _between(cert, 0.0, 1.0 + 1e-9)
+    est = d["lipschitz_estimates_at_test_image"]["convex-FNE"]
+    assert est["Q"] <= cert * (1 + 1e-4) and est["J"] <= (1 + cert) / 2 * (1 + 1e-4)
+
+
+def _podm(name: str, tmp_path: Path, monkeypatch) -> None:
+    """podm_* with the committed denoiser cache copied in (else they retrain it, ~90 s). They
+    take no --quiet."""
+    for suffix in (".pt", ".json"):
+        cached = EXPERIMENTS / "results" / f"podm_dncnn{suffix}"
+        if cached.is_file():
+            shutil.copy(cached, tmp_path / cached.name)
+    _load(EXPERIMENTS / f"{name}.py", monkeypatch).main(["--quick", "--out", str(tmp_path)])
+
+
+@needs_shared
+def test_podm_sparse_sr_quick(tmp_path, monkeypatch):  # 8.1 s
+    _podm("podm_sparse_sr", tmp_path, monkeypatch)
+    d = _json(tmp_path / "podm_sparse_sr_quick.json")
+    _png(tmp_path / "podm_sparse_sr_quick.png")
+    assert d["denoiser"]["cached"] is True
+    assert set(d["summary"]["table"]) == {"x2", "x4"} and len(d["results"]) == 4
+    for r in d["results"]:
+        for m in ("PODM", "PODM-descent", "FISTA", "PG", "IRCNN-style"):
+            _psnr(r[m]["psnr"])
+            assert r[m]["psnr"] > r["x0"]["psnr"]
+            assert 0 < r[m]["phi"] <= r[m]["phi0"]
+        for m in ("PODM", "PODM-descent", "PG"):   # Prop. 1 + the fallback: Phi never rises
+            _non_increasing(r[m]["curves"]["energy"])
+
+
+@needs_shared
+def test_podm_deblur_quick(tmp_path, monkeypatch):  # 7.1 s
+    _podm("podm_deblur", tmp_path, monkeypatch)
+    d = _json(tmp_path / "podm_deblur_quick.json")
+    _png(tmp_path / "podm_deblur_quick.png")
+    assert d["denoiser"]["cached"] is True
+    blurred = d["summary"]["blurred input"]["psnr"]
+    _psnr(blurred)
+    for m in ("RPODM", "PODM (checked)", "PnP-PGD", "TV"):
+        _psnr(d["summary"][m]["psnr"])
+        _between(d["summary"][m]["ssim"], 0.0, 1.0)
+        assert d["summary"][m]["psnr"] > blurred
+    (row,) = d["rows"]
+    checked = row["PODM (checked)"]
+    assert checked["n_accepted"] + checked["n_fallback"] <= checked["stages"]
+    chosen = d["tuning"]["chosen"]
+    assert chosen["mu"] in d["args"]["mu_grid"] and chosen["tv_weight"] in d["args"]["tv_grid"]
+
+
+# ----------------------------------------------------------------------------- benchmarks, growth
+
+def test_dual_vs_primal_quick(tmp_path, monkeypatch):  # 13.9 s (two spawned trainers)
+    _load(BENCHMARKS / "dual_vs_primal.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "dual_vs_primal_quick.json")   # this benchmark writes no figure
+    for key in ("machine_bandwidth_GBps", "primal_seconds_per_epoch", "dual_seconds_per_epoch",
+                "primal_final_train_objective", "dual_final_train_primal_objective",
+                "dual_pixel_patterns_per_second", "dual_fraction_of_bandwidth_12B"):
+        _finite(d[key])
+        assert d[key] > 0, key
+    _between(d["primal_peak_rss_GB"], 0.01, 64.0)
+    _between(d["dual_peak_rss_GB"], 0.01, 64.0)
+    reach = d["dual_seconds_to_reach_primal_within_1pct"]
+    assert reach is None or 0 <= reach <= 3600
+    assert d["config"]["patterns"] == 200 and d["config"]["n_train"] == 25
+
+
+def _run_fixed_out(path: Path, tmp_path: Path, monkeypatch) -> None:
+    """Scripts whose main() reads sys.argv and writes to a module-level OUT (no --out)."""
+    module = _load(path, monkeypatch)
+    monkeypatch.setattr(module, "OUT", tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(path), "--quick"])
+    module.main()
+
+
+@pytest.mark.slow   # 128.6 s
+def test_pattern_growth_quick(tmp_path, monkeypatch):
+    _run_fixed_out(EXPERIMENTS / "pattern_growth.py", tmp_path, monkeypatch)
+    d = _json(tmp_path / "pattern_growth.json")
+    _png(tmp_path / "pattern_growth.png")
+    grown, sampled = d["grown"], d["sampled"]
+    assert [g["n_patterns"] for g in grown] == [s["n_patterns"] for s in sampled] == [
+        10, 20, 30, 40]
+    assert all(g["objective"] > 0 for g in grown) and all(s["objective"] > 0 for s in sampled)
+    _non_increasing([g["objective"] for g in grown], rtol=1e-6)   # a superset of patterns
+    assert grown[-1]["objective"] <= sampled[-1]["objective"]
+
+
+@pytest.mark.slow   # 194.9 s (Clarabel 58 s, admm 126 s, each in a spawned child)
+def test_exact_solvers_quick(tmp_path, monkeypatch):
+    _run_fixed_out(BENCHMARKS / "exact_solvers.py", tmp_path, monkeypatch)
+    d = _json(tmp_path / "exact_solvers.json")
+    _png(tmp_path / "exact_solvers.png")
+    (cell,) = d["cells"]
+    ref = cell["reference_objective"]
+    _finite(ref)
+    assert ref > 0 and cell["cvxpy/CLARABEL"]["objective"] == ref
+    for solver in ("cvxpy/CLARABEL", "admm"):
+        r = cell[solver]
+        assert r["status"] == "optimal", r["status"]
+        _between(r["relative_error"], 0.0, 1e-4)
+        _between(r["relative_violation"], 0.0, 1e-6)
+        assert r["n_patterns_kept"] == cell["n_patterns"] == 60
