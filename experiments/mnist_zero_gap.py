@@ -69,6 +69,9 @@ def main(argv=None) -> dict:
                                 checkpoint=ck("dual"), eval_every=a.eval_every,
                                 max_seconds=a.max_minutes_dual * 60 if a.max_minutes_dual
                                 else None, **extra)
+        # training wall time from the histories (a resumed run's own time is only the tail)
+        t_primal = pres.history[-1]["elapsed_seconds"] if pres.history else t_primal
+        t_dual = dual.history_[-1]["elapsed_seconds"] if dual.history_ else t_dual
         finals = final_objectives(primal, dual, x, y, xe, ye, beta)
         last = dual.history_[-1]
         payload = {

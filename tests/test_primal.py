@@ -69,3 +69,25 @@ def test_primal_errors(small_pair):
         net.objective(noisy, clean, 1.0, loss="hinge")
     with pytest.raises(ValueError, match="reduction"):
         net.objective(noisy, clean, 1.0, reduction="avg")
+
+
+def test_objective_is_chunked_and_matches_one_pass():
+    """eq. 2 evaluated in image chunks (paper scale would need 30 GB in one pass)."""
+    torch.manual_seed(0)
+    net = TwoLayerConvDenoiser(n_filters=6, kernel_size=3).double()
+    x, y = torch.randn(7, 1, 5, 6, dtype=torch.float64), torch.randn(7, 1, 5, 6,
+                                                                      dtype=torch.float64)
+    with torch.no_grad():
+        direct = 0.5 * float((net(x) - y).pow(2).sum()) + 0.5 * 0.3 * float(net.weight_decay())
+    # pretend the hidden layer is huge so that every chunk holds one image (only the
+    # chunk-size arithmetic reads out_channels; the convolution uses the weight tensor)
+    net.conv1.out_channels = 2 ** 26
+    try:
+        chunked = net.objective(x, y, 0.3)
+    finally:
+        net.conv1.out_channels = 6
+    assert abs(chunked - direct) <= 1e-12 * abs(direct)
+    assert abs(net.objective(x, y, 0.3) - direct) <= 1e-12 * abs(direct)
+    mean = net.objective(x, y, 0.3, reduction="mean")
+    assert abs(mean - (direct - 0.15 * float(net.weight_decay())) / y.numel()
+               - 0.15 * float(net.weight_decay())) <= 1e-12 * abs(direct)
