@@ -52,7 +52,8 @@ def _child(which, args, q):
     else:
         m, _ = run_dual(x, y, xe, ye, args["patterns"], beta, args["epochs_dual"],
                         quiet=args["quiet"], stop_below=args.get("stop_below"),
-                        max_seconds=args.get("max_seconds"))
+                        max_seconds=args.get("max_seconds"),
+                        batch_size=min(args["dual_batch_size"], x.shape[0]))
         hist = m.history_
         args["patterns_kept"] = int(m.generators_.shape[0])
     q.put({"history": hist, "seconds": time.perf_counter() - t,
@@ -61,10 +62,19 @@ def _child(which, args, q):
 
 
 def _run(which, args):
+    import queue
+
     q = mp.get_context("spawn").Queue()
     p = mp.get_context("spawn").Process(target=_child, args=(which, args, q))
     p.start()
-    out = q.get()
+    while True:   # a child that dies (exception, OOM kill) must not leave us waiting forever
+        try:
+            out = q.get(timeout=5)
+            break
+        except queue.Empty:
+            if not p.is_alive():
+                raise RuntimeError(f"the {which} trainer exited with code {p.exitcode} "
+                                   f"before reporting") from None
     p.join()
     return out
 
@@ -78,13 +88,16 @@ def main(argv=None):
     ap.add_argument("--patterns", type=int, default=8000)
     ap.add_argument("--epochs-primal", type=int, default=40)
     ap.add_argument("--epochs-dual", type=int, default=40)
+    ap.add_argument("--dual-batch-size", type=int, default=1,
+                    help="images per dual Adam step (AdamConfig's default; the primal uses 25)")
     ap.add_argument("--max-minutes-dual", type=float, default=60)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     a = ap.parse_args(argv)
     if a.quick:
         a.n_train, a.filters, a.patterns, a.epochs_primal, a.epochs_dual = 25, 32, 200, 5, 5
     args = {"n_train": a.n_train, "n_test": 1, "filters": a.filters, "patterns": a.patterns,
-            "epochs_primal": a.epochs_primal, "epochs_dual": a.epochs_dual, "quiet": a.quiet}
+            "epochs_primal": a.epochs_primal, "epochs_dual": a.epochs_dual, "quiet": a.quiet,
+            "dual_batch_size": a.dual_batch_size}
     bw = _bandwidth_gbs()
     primal = _run("primal", args)
     target = primal["history"][-1]["train_objective"]

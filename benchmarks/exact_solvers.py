@@ -2,11 +2,13 @@
 
     PYTHONPATH=. python benchmarks/exact_solvers.py --quick     # 2 digits x 60 patterns
     PYTHONPATH=. python benchmarks/exact_solvers.py             # N x P grid (hours)
+    PYTHONPATH=. python benchmarks/exact_solvers.py --quick --quiet --out /tmp/es
 
 Every solve runs in a child process with a wall-clock limit (`--time-limit`); a run that is
 refused (CVXPY size guard), fails or times out is recorded as such. Accuracy is
 |f - f_ref| / |f_ref| with f_ref the best CVXPY optimum of that cell (Clarabel first).
-Writes benchmarks/results/exact_solvers.json and .png and prints a table.
+Writes `exact_solvers[_quick].{json,png}` into `--out` (default benchmarks/results) and prints
+a table (not with `--quiet`).
 """
 
 from __future__ import annotations
@@ -64,13 +66,21 @@ def run(solver, n_images, n_patterns, beta, opts, limit):
     return q.get() if not q.empty() else {"status": "no result"}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="one cell: 2 digits x 60 patterns, Clarabel and admm (about 3 min)")
     ap.add_argument("--time-limit", type=float, default=600.0)
     ap.add_argument("--admm-tol", type=float, default=1e-6)
     ap.add_argument("--beta", type=float, default=1e-3)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(OUT), help="results folder (default: %(default)s)")
+    ap.add_argument("--quiet", action="store_true", help="print nothing")
+    args = ap.parse_args(argv)
+
+    def say(*parts, **kw) -> None:
+        if not args.quiet:
+            print(*parts, **kw)
+
     if args.quick:
         cells = [(2, 60)]
         cvx = ["CLARABEL"]
@@ -86,11 +96,11 @@ def main() -> None:
                 opts["solver_options"] = {"eps_abs": 1e-9, "eps_rel": 1e-9}
             cell[f"cvxpy/{name}"] = run("cvxpy", n_images, n_patterns, args.beta, opts,
                                         args.time_limit)
-            print(n_images, n_patterns, name, cell[f"cvxpy/{name}"], flush=True)
+            say(n_images, n_patterns, name, cell[f"cvxpy/{name}"], flush=True)
         cell["admm"] = run("admm", n_images, n_patterns, args.beta,
                            {"tol": args.admm_tol, "max_iter": 10 ** 6, "allow_inaccurate": True,
                             "time_limit": args.time_limit - 30}, args.time_limit)
-        print(n_images, n_patterns, "admm", cell["admm"], flush=True)
+        say(n_images, n_patterns, "admm", cell["admm"], flush=True)
         refs = [cell[f"cvxpy/{n}"]["objective"] for n in cvx
                 if cell[f"cvxpy/{n}"].get("status") == "optimal"]
         ref = refs[0] if refs else None
@@ -100,17 +110,18 @@ def main() -> None:
             if ref is not None and "objective" in r:
                 r["relative_error"] = abs(r["objective"] - ref) / abs(ref)
         rows.append(cell)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "exact_solvers.json").write_text(json.dumps({"beta": args.beta, "sigma": 0.5,
-                                                        "admm_tol": args.admm_tol,
-                                                        "cells": rows}, indent=2))
-    print(f"\n{'N':>6} {'P':>4} {'solver':>16} {'status':>24} {'wall s':>9} {'rel.err':>9}")
+    payload = {"beta": args.beta, "sigma": 0.5, "admm_tol": args.admm_tol, "cells": rows}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "exact_solvers" + ("_quick" if args.quick else "")
+    (out / f"{tag}.json").write_text(json.dumps(payload, indent=2))
+    say(f"\n{'N':>6} {'P':>4} {'solver':>16} {'status':>24} {'wall s':>9} {'rel.err':>9}")
     for c in rows:
         for k in [k for k in c if k.startswith(("cvxpy/", "admm"))]:
             r = c[k]
-            print(f"{c['n_pixels']:>6} {c['n_patterns']:>4} {k:>16} {r['status'][:24]:>24} "
-                  f"{r.get('wall_seconds', float('nan')):>9.2f} "
-                  f"{r.get('relative_error', float('nan')):>9.2e}")
+            say(f"{c['n_pixels']:>6} {c['n_patterns']:>4} {k:>16} {r['status'][:24]:>24} "
+                f"{r.get('wall_seconds', float('nan')):>9.2f} "
+                f"{r.get('relative_error', float('nan')):>9.2e}")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -124,9 +135,11 @@ def main() -> None:
         ax.set_ylabel("wall seconds (fit)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(OUT / "exact_solvers.png", dpi=120)
+        fig.savefig(out / f"{tag}.png", dpi=120)
+        plt.close(fig)
     except ImportError:
         pass
+    return payload
 
 
 if __name__ == "__main__":

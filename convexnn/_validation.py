@@ -14,7 +14,11 @@ __all__ = [
     "check_pair",
     "check_kernel_size",
     "check_positive",
+    "check_int",
+    "check_in_range",
     "check_choice",
+    "check_seed",
+    "check_finite_input",
 ]
 
 
@@ -87,7 +91,42 @@ def check_positive(value: Any, name: str) -> float:
     return v
 
 
+def check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """An integer (not a bool) >= `minimum`; numpy integers are accepted."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        want = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name}: expected {want}, got {value!r}")
+    return int(value)
+
+
+def check_in_range(value: Any, name: str, low: float, high: float, low_open: bool = True,
+                   high_open: bool = True) -> float:
+    """A real number (not a bool) in the interval from `low` to `high`."""
+    interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number in {interval}, got {value!r}")
+    v = float(value)
+    ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return v
+
+
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """None or a non-negative integer (what ``numpy.random.default_rng`` accepts as one int)."""
+    if seed is None:
+        return None
+    return check_int(seed, name, 0)
+
+
 def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
     return value.lower()
+
+
+def check_finite_input(x: torch.Tensor, name: str = "input") -> None:
+    """A denoiser's input batch must be finite (NaN/Inf in would be NaN/Inf out)."""
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: expected finite values, got {int((~torch.isfinite(x)).sum())} "
+                         f"NaN/Inf entries in {_describe(x)}")

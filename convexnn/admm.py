@@ -19,16 +19,20 @@ operators and docs/admm.md for measurements.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._validation import check_in_range, check_int, check_positive
 from .admm_cones import ConeProx
 from .admm_linear import make_linear_solver
 from .admm_ops import PatternOperators
+from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
 
 __all__ = ["AdmmConfig", "AdmmState", "solve_admm"]
@@ -76,21 +80,34 @@ class AdmmConfig:
     return_state: bool = False
     num_threads: int | None = None     # None: 1 thread for small problems (less overhead)
     verbose: bool = False
+    checkpoint_path: str | None = None  # atomic iterate snapshots; rerunning resumes from one
+    checkpoint_every: int = 500         # iterations
+    resume: bool = True
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
-            raise ValueError(f"tol: expected a number in (0, 1), got {self.tol!r}")
-        if not isinstance(self.max_iter, int) or self.max_iter < 1:
-            raise ValueError(f"max_iter: expected a positive integer, got {self.max_iter!r}")
-        if self.rho is not None and not (self.rho > 0 and math.isfinite(self.rho)):
-            raise ValueError(f"rho: expected a positive number or None, got {self.rho!r}")
-        if not 0 < self.relaxation < 2:
-            raise ValueError(f"relaxation: expected a number in (0, 2), got {self.relaxation!r}")
+        check_in_range(self.tol, "tol", 0.0, 1.0)
+        check_int(self.max_iter, "max_iter")
+        if self.rho is not None:
+            check_positive(self.rho, "rho")
+        check_int(self.adapt_every, "adapt_every")
+        check_in_range(self.relaxation, "relaxation", 0.0, 2.0)
         if self.linear_solver not in ("auto", "direct", "cg"):
             raise ValueError(f"linear_solver: expected 'auto', 'direct' or 'cg', "
                              f"got {self.linear_solver!r}")
+        check_int(self.direct_max_dim, "direct_max_dim", 0)
+        check_int(self.cg_max_iter, "cg_max_iter")
         if self.dtype not in (torch.float64, torch.float32):
             raise ValueError(f"dtype: expected torch.float64 or torch.float32, got {self.dtype}")
+        check_int(self.log_every, "log_every", 0)          # 0: no history
+        if self.time_limit is not None:
+            check_positive(self.time_limit, "time_limit")
+        check_int(self.block_elements, "block_elements")
+        if self.num_threads is not None:
+            check_int(self.num_threads, "num_threads")
+        check_int(self.checkpoint_every, "checkpoint_every")
+        if self.checkpoint_path is not None and not isinstance(self.checkpoint_path,
+                                                               (str, os.PathLike)):
+            raise TypeError(f"checkpoint_path: expected a path, got {self.checkpoint_path!r}")
 
 
 # ---------------------------------------------------------------------- helpers
@@ -150,6 +167,17 @@ def _warm_point(ws: Any, problem: DualProblem) -> tuple[torch.Tensor, torch.Tens
 
 
 # ---------------------------------------------------------------------- solver
+def _fingerprint(problem: DualProblem, cfg: AdmmConfig) -> str:
+    """What determines the iterates (a checkpoint of another run is refused)."""
+    keys = ("tol", "rho", "adaptive_rho", "adapt_every", "relaxation", "linear_solver",
+            "direct_max_dim", "cg_max_iter", "dtype", "block_elements")
+    settings = {k: getattr(cfg, k) for k in keys}
+    settings.update(beta=problem.beta, loss=repr(problem.loss),
+                    warm_start=cfg.warm_start is not None)
+    return fingerprint("admm", settings, {"noisy": problem.noisy, "target": problem.target,
+                                          "generators": problem.generators})
+
+
 def solve_admm(problem: DualProblem, config: AdmmConfig | None = None) -> DualSolution:
     """Solve eq. 4 (squared, l1 or Huber loss) to relative residuals `config.tol`."""
     cfg = config or AdmmConfig()
@@ -203,16 +231,29 @@ def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
     nu = torch.zeros_like(q)
     if split:
         aq = ops.At(q - nu)
+    history: list[dict[str, float]] = []
+    it0 = 0
+    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path is not None else None
+    fp = _fingerprint(problem, cfg)
+    if ckpt is not None and ckpt.exists():
+        if not cfg.resume:
+            raise FileExistsError(f"{ckpt}: a checkpoint exists and resume=False; remove it or "
+                                  f"choose another checkpoint_path (nothing was overwritten)")
+        state = load_checkpoint(ckpt, fp)
+        z, lam, q, nu = (state[k].to(device=device, dtype=dt) for k in ("z", "lam", "q", "nu"))
+        rho, it0 = float(state["rho"]), int(state["iteration"])
+        history = [dict(r) for r in state["history"]]
+        if split:
+            aq = ops.At(q - nu)
     lin.set_rho(rho, kappa)
     t_setup = time.perf_counter() - t_start
     alpha = cfg.relaxation
-    history: list[dict[str, float]] = []
-    status, it = "max_iter", 0
+    status, it = "max_iter", it0
     obj_scale = sy if loss == "l1" else sy * sy
     eps_abs = 1e-3 * cfg.tol
     r_pri = r_dual = e_pri = e_dual = float("nan")
     t_loop = time.perf_counter()
-    for it in range(1, cfg.max_iter + 1):
+    for it in range(it0 + 1, cfg.max_iter + 1):
         # ---- u-step: (F^T F + rho I) u = F^T y + rho (z - lam), in (a, b) = (v - w, v + w)
         rv = rho * (z - lam)
         rhs_a = rv[:p] - rv[p:] + (2.0 * kappa * rho * aq if split else 2.0 * aty)
@@ -273,6 +314,12 @@ def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
                     aq, anu = ops.At(q - nu), anu * f
                 rho = new
                 lin.set_rho(rho, kappa)
+        if ckpt is not None and it % cfg.checkpoint_every == 0:
+            save_checkpoint(ckpt, {"kind": "admm", "fingerprint": fp, "iteration": it,
+                                   "snapshot": it // cfg.checkpoint_every,
+                                   "checkpoint_every": cfg.checkpoint_every,
+                                   "z": z.cpu(), "lam": lam.cpu(), "q": q.cpu(), "nu": nu.cpu(),
+                                   "rho": rho, "history": history})
     t_solve = time.perf_counter() - t_loop
     if status != "optimal":
         msg = (f"ADMM stopped with status {status!r} after {it} iterations without reaching "
@@ -307,6 +354,7 @@ def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
         "relative_violation_internal": viol, "loss_dual": loss_dual.cpu(),
         "n_pixels": ops.n_pixels, "n_patterns": p,
     }
+    details["resumed_from_iteration"] = it0 or None
     if cfg.return_state:
         details["state"] = AdmmState(z, lam, rho, sx, sy)
     info = SolveInfo(solver="admm", status=status, setup_seconds=t_setup, solve_seconds=t_solve,

@@ -62,7 +62,9 @@ class ConeProx:
             bad = viol.min(0).values.cpu().numpy() < -self.feas_tol * scale
             if not bad.any():
                 break
-            worst = torch.topk(-viol[:, torch.from_numpy(bad)], self.add_rows, dim=0)
+            # at most N rows exist (tiny images have fewer pixels than add_rows)
+            worst = torch.topk(-viol[:, torch.from_numpy(bad)], min(self.add_rows, viol.shape[0]),
+                               dim=0)
             idx = worst.indices.cpu().numpy()
             vals = worst.values.cpu().numpy()
             grew = np.zeros(int(bad.sum()), dtype=bool)

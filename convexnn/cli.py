@@ -2,6 +2,12 @@
 
 Exit codes: 0 success; 1 the solver failed (status reported); 2 bad input or usage;
 3 the problem is too large for the chosen solver (use another, or --force).
+
+Commands that write (`demo`, `fit`, `interpret`) write only inside their `--out` folder. They
+refuse an `--out` that is an existing file, and an existing folder holding anything besides
+their own output files (an earlier run of the same command is overwritten), unless `--force`
+is given (exit 2, nothing written). An output name that is a symbolic link is replaced by a new
+file in the folder, never written through, with or without `--force`. `gap` writes nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +64,8 @@ def _add_model_args(p: argparse.ArgumentParser, patterns: int) -> None:
     s.add_argument("--cvxpy-solver", choices=CVXPY_SOLVERS, default="CLARABEL",
                    help="conic solver behind cvxpy (MOSEK needs a license)")
     s.add_argument("--force", action="store_true",
-                   help="build a CVXPY problem even when its size estimate says it will not fit")
+                   help="build a CVXPY problem even when its size estimate says it will not "
+                        "fit, and write into an --out folder that holds other files")
 
 
 def _add_output_args(p: argparse.ArgumentParser, default_out: str) -> None:
@@ -135,13 +143,57 @@ def build_parser() -> argparse.ArgumentParser:
                              "1e-3)")
     interp.add_argument("--seed", type=int, default=0, help="k-means seed")
     _add_output_args(interp, "convexnn_out/interpret")
+    interp.add_argument("--force", action="store_true",
+                        help="write into an --out folder that holds other files")
     return parser
+
+
+FIT_OUTPUTS = ("gap_report.json", "reconstructions.png", "model.safetensors")
+INTERPRET_OUTPUTS = ("interpret.json", "clusters.png", "filters*.png")
+
+
+class OutputExistsError(ValueError):
+    """`--out` is an existing file, or a folder that already holds files, and no `--force`."""
+
+
+def prepare_output_folder(out: str | Path, force: bool, outputs: tuple[str, ...]) -> Path:
+    """Check and create the `--out` folder before any work is done.
+
+    Refuses (`OutputExistsError`, nothing written) an existing non-folder, and an existing
+    folder holding anything besides the command's own outputs (globs `outputs`) unless `force`.
+    Output names that are symbolic links are removed first, so the files are written in the
+    folder and never through a link to a file elsewhere.
+    """
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise OutputExistsError(f"--out {out} is a broken symbolic link; choose another folder "
+                                f"(nothing was written)")
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is an existing file, not a folder; choose a folder "
+                                f"path (nothing was written)")
+    if out.is_dir():
+        own = {p.name for pattern in outputs for p in out.glob(pattern)}
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
+        if foreign and not force:
+            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)"
+                                              if len(foreign) > 5 else "")
+            raise OutputExistsError(
+                f"--out {out} already holds files this command does not write ({shown}); "
+                f"pass --force to write into it (files named like its outputs are "
+                f"overwritten) or choose a new folder. Nothing was written")
+        for name in own:
+            if (out / name).is_symlink():
+                (out / name).unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputExistsError(f"--out {out}: cannot create the folder ({exc})") from None
+    return out
 
 
 def _fit_and_report(noisy: torch.Tensor, clean: torch.Tensor, test: tuple | None,
                     args: argparse.Namespace, log: _Log, display=None) -> dict[str, Any]:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_folder(args.out, args.force, FIT_OUTPUTS)
     model = ConvexDualDenoiser(kernel_size=args.kernel_size, n_patterns=args.patterns,
                                beta=args.beta, loss=args.loss, residual=args.residual,
                                seed=args.seed)
@@ -289,8 +341,11 @@ def _interpret_images(args: argparse.Namespace) -> torch.Tensor:
     path = Path(args.data)
     key = None
     if path.suffix.lower() == ".npz" and path.is_file():
-        with np.load(path, allow_pickle=False) as archive:
-            key = "clean" if "clean" in archive.files else None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                key = "clean" if "clean" in archive.files else None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+            key = None      # load_images below reports what is wrong with the file
     return torch.as_tensor(load_images(path, key=key)[:args.n_images])
 
 
@@ -304,6 +359,7 @@ def _interpret(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
         raise ValueError(f"--tol: expected a number in [0, 1), got {args.tol}")
     model = load_interpretable(args.model)
     images = _interpret_images(args)
+    prepare_output_folder(args.out, args.force, INTERPRET_OUTPUTS)
     log(f"interpreting {type(model).__name__} from {args.model} on {images.shape[0]} images "
         f"of {tuple(images.shape[1:])}")
     result = interpret_model(model, images, args.out, n_clusters=args.clusters,
@@ -345,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConvexSolverError as exc:
         print(f"convexnn: solver failed ({exc.status}): {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:   # OSError: unreadable input, bad --out
         print(f"convexnn: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ._validation import check_in_range, check_int
 from .patches import patch_matrix
 from .patterns import sign_masks
 from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
@@ -54,6 +55,12 @@ class CvxpyConfig:
             raise ValueError(f"cvxpy_solver: expected one of {list(CVXPY_SOLVERS)}, "
                              f"got {self.cvxpy_solver!r}")
         self.cvxpy_solver = self.cvxpy_solver.upper()
+        check_int(self.max_constraints, "max_constraints")
+        check_in_range(self.max_memory_fraction, "max_memory_fraction", 0.0, 1.0,
+                       high_open=False)
+        if not isinstance(self.solver_options, dict):
+            raise TypeError(f"solver_options: expected a dict of keyword arguments for cvxpy's "
+                            f"solve(), got {type(self.solver_options).__name__}")
 
 
 @dataclass(frozen=True)

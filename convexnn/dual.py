@@ -8,6 +8,7 @@ denoiser call convention `model(x, sigma=None)`, so it plugs into the iterative 
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from dataclasses import fields
 from typing import Any
@@ -15,7 +16,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import as_images, as_targets, check_choice, check_kernel_size, check_positive
+from ._validation import (
+    as_images,
+    as_targets,
+    check_choice,
+    check_finite_input,
+    check_in_range,
+    check_int,
+    check_kernel_size,
+    check_positive,
+    check_seed,
+)
 from .gated import HingeViolation, gated_predict, hinge_violation
 from .lipschitz_bound import dual_lipschitz_bound
 from .losses import LOSSES, Loss
@@ -88,16 +99,15 @@ class ConvexDualDenoiser(nn.Module):
                  lipschitz_bound: float | None = None) -> None:
         super().__init__()
         self.kernel_size = check_kernel_size(kernel_size)
-        if generators is None and (isinstance(n_patterns, bool) or not isinstance(
-                n_patterns, int) or n_patterns < 1):
-            raise ValueError(f"n_patterns: expected a positive integer, got {n_patterns!r}")
+        if generators is None:
+            n_patterns = check_int(n_patterns, "n_patterns")
         self.n_patterns = n_patterns
         self.beta = check_positive(beta, "beta")
         self.loss = check_choice(loss, "loss", LOSSES)
         self.huber_delta = check_positive(huber_delta, "huber_delta")
         self.residual = bool(residual)
         self.generators = generators
-        self.seed = seed
+        self.seed = check_seed(seed)
         self.dedupe = bool(dedupe)
         self.lipschitz_bound = (None if lipschitz_bound is None
                                 else check_positive(lipschitz_bound, "lipschitz_bound"))
@@ -204,15 +214,22 @@ class ConvexDualDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         """Gated dual network on `(B, C, H, W)` in x's dtype/device (differentiable in x)."""
         self._check_fitted()
-        if x.ndim != 4 or x.shape[1] != self.n_channels_:
-            raise ValueError(f"expected input (B, {self.n_channels_}, H, W), "
-                             f"got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.n_channels_ \
+                or x.numel() == 0:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"expected a non-empty input (B, {self.n_channels_}, H, W), got "
+                             f"{got}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point input (B, {self.n_channels_}, H, W), "
+                            f"got dtype {x.dtype}")
+        check_finite_input(x)
         out = gated_predict(x, self.generators_, self.v_ - self.w_)
         return out + x if self.residual else out
 
     def predict(self, noisy, batch_size: int = 64) -> torch.Tensor:
         """Dual prediction `sum_i D_i(x) conv(x, v_i - w_i)` (+ x), `(n, 1, H, W)` float64."""
         self._check_fitted()
+        batch_size = check_int(batch_size, "batch_size")
         x = self._inputs(noisy)
         with torch.no_grad():
             return torch.cat([self(x[i:i + batch_size])
@@ -250,6 +267,7 @@ class ConvexDualDenoiser(nn.Module):
         Groups with norm <= `tol * max norm` are dropped (their contribution is below the
         tolerance); `tol=0` keeps every non-zero group.
         """
+        tol = check_in_range(tol, "tol", 0.0, math.inf, low_open=False)
         nv, nw = self.group_norms()
         norms = torch.cat([nv, nw])
         filters = torch.cat([self.v_, self.w_])

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_images, check_positive
+from ._validation import as_images, check_positive, check_seed
 from .dual import ConvexDualDenoiser
 from .patches import conv_same
 from .patterns import sign_masks
@@ -290,6 +290,7 @@ def cluster_codes(codes: torch.Tensor | np.ndarray, n_clusters: int = 12, seed: 
         raise ValueError(f"codes: expected a non-empty (n, G, H, W) array, got shape {c.shape}")
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
         raise ValueError(f"n_clusters: expected a positive integer, got {n_clusters!r}")
+    seed = check_seed(seed)
     n, g, h, w = c.shape
     rows = np.ascontiguousarray(c.transpose(0, 2, 3, 1).reshape(-1, g))
     distinct = int(np.unique(np.packbits(rows, axis=1), axis=0).shape[0])
@@ -380,6 +381,7 @@ def interpret_model(model: Any, images, out: str | Path, n_clusters: int = 12,
     """Sparsity summary, filter/frequency PNG per block and one cluster-map PNG for `images`
     (feed clean images, as the paper does); writes `out/interpret.json` and returns its dict."""
     out = Path(out)
+    seed = check_seed(seed)
     x = as_images(images, "images", dtype=torch.float64)
     stages = _stages(model, x)
     blocks, maps, files = [], [], {}

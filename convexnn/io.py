@@ -71,7 +71,16 @@ def load_model(path: str | Path) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{path}: expected a '{_FORMAT}' file written by convexnn.save_model, "
                          f"got format {meta.get('format')!r}")
-    header = json.loads(meta["header"])
+    try:
+        return _from_header(json.loads(meta["header"]), tensors)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{path}: expected the header and tensors that convexnn.save_model "
+                         f"writes, but the file is damaged ({type(exc).__name__}: {exc})"
+                         ) from None
+
+
+def _from_header(header: dict, tensors: dict[str, torch.Tensor]
+                 ) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
     if header["kind"] == "primal":
         return TwoLayerConvDenoiser.from_weights(tensors["conv1"], tensors["conv2"],
                                                  bool(header["residual"]))
@@ -81,6 +90,10 @@ def load_model(path: str | Path) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
     model.generators_ = tensors["generators"].to(torch.float64)
     model.v_ = tensors["v"].to(torch.float64)
     model.w_ = tensors["w"].to(torch.float64)
+    if not model.v_.shape == model.w_.shape == model.generators_.shape:
+        raise ValueError(f"v, w and generators of one shape (P, C, k, k), got "
+                       f"{tuple(model.v_.shape)}, {tuple(model.w_.shape)} and "
+                       f"{tuple(model.generators_.shape)}")
     from .problem import SolveInfo
 
     model.solve_info_ = SolveInfo(solver=header.get("solver", "loaded"),

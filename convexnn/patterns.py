@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._validation import check_seed
 from .patches import conv_same
 
 __all__ = [
@@ -33,7 +34,7 @@ def sample_generators(n_patterns: int, channels: int, kernel_size: int, seed: in
     if isinstance(n_patterns, bool) or not isinstance(n_patterns, (int, np.integer)) \
             or n_patterns < 1:
         raise ValueError(f"n_patterns: expected a positive integer, got {n_patterns!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     g = rng.standard_normal((int(n_patterns), channels, kernel_size, kernel_size))
     return torch.from_numpy(g).to(dtype)
 

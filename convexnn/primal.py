@@ -7,7 +7,14 @@ import math
 import torch
 from torch import nn
 
-from ._validation import as_images, as_targets, check_kernel_size, check_positive
+from ._validation import (
+    as_images,
+    as_targets,
+    check_finite_input,
+    check_int,
+    check_kernel_size,
+    check_positive,
+)
 from .losses import Loss, check_reduction
 
 __all__ = ["TwoLayerConvDenoiser"]
@@ -25,9 +32,10 @@ class TwoLayerConvDenoiser(nn.Module):
                  residual: bool = False, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         kernel_size = check_kernel_size(kernel_size)
-        if in_channels < 1 or n_filters < 1:
-            raise ValueError(f"expected in_channels >= 1 and n_filters >= 1, got "
-                             f"{in_channels} and {n_filters}")
+        in_channels = check_int(in_channels, "in_channels")
+        n_filters = check_int(n_filters, "n_filters")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype: expected None or a floating torch.dtype, got {dtype!r}")
         if residual and in_channels != 1:
             raise ValueError(f"residual=True adds the input to a one-channel output, so it "
                              f"needs in_channels == 1, got {in_channels}")
@@ -55,6 +63,17 @@ class TwoLayerConvDenoiser(nn.Module):
         return net
 
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        w = self.conv1.weight
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels \
+                or x.numel() == 0:
+            got = (f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+                   else type(x).__name__)
+            raise ValueError(f"expected a non-empty input (B, {self.in_channels}, H, W), got "
+                             f"{got}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"expected input of the weights' dtype {w.dtype}, got {x.dtype} "
+                            f"(convert one of them with .to(dtype))")
+        check_finite_input(x)
         out = self.conv2(torch.relu(self.conv1(x)))
         if self.residual:
             out = out + x
@@ -63,6 +82,12 @@ class TwoLayerConvDenoiser(nn.Module):
     def weight_decay(self) -> torch.Tensor:
         """`||U||_F^2 + ||alpha||^2` (the bracket of eq. 2)."""
         return self.conv1.weight.pow(2).sum() + self.conv2.weight.pow(2).sum()
+
+    def weight_decay_value(self) -> float:
+        """`weight_decay()` summed in float64 (no overflow of float32 weights), as a float."""
+        with torch.no_grad():
+            return float(sum(p.detach().double().pow(2).sum()
+                             for p in (self.conv1.weight, self.conv2.weight)))
 
     def objective(self, noisy, clean, beta: float, reduction: str = "sum",
                   loss: str | Loss = "squared") -> float:
@@ -81,9 +106,10 @@ class TwoLayerConvDenoiser(nn.Module):
         chunk = max(1, (1 << 26) // per_image)
         data = 0.0
         with torch.no_grad():
-            for i0 in range(0, x.shape[0], chunk):
-                data += float(loss(self(x[i0:i0 + chunk]), y[i0:i0 + chunk], "sum"))
+            for i0 in range(0, x.shape[0], chunk):   # summed in float64: no float32 overflow
+                data += float(loss(self(x[i0:i0 + chunk]).double(), y[i0:i0 + chunk].double(),
+                                   "sum"))
             if reduction == "mean":
                 data /= y.numel()
-            value = data + 0.5 * beta * float(self.weight_decay())
+            value = data + 0.5 * beta * self.weight_decay_value()
         return float(value)

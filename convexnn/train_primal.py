@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import as_images, as_targets, check_positive
+from ._validation import as_images, as_targets, check_int, check_positive
 from .adam import resolve_device, resolve_dtype
 from .checkpoint import fingerprint
 from .distributed import DistInfo, all_reduce_sum, setup_distributed, wrap_ddp
 from .losses import Loss
 from .primal import TwoLayerConvDenoiser
-from .training import LoopSpec, run_loop
+from .training import LoopSpec, TrainingDivergedError, run_loop
 
 __all__ = ["PrimalTrainConfig", "PrimalTrainResult", "train_primal"]
 
@@ -90,10 +90,11 @@ def _evaluate(raw: TwoLayerConvDenoiser, x, y, beta, loss, info: DistInfo, prefi
         for i0 in range(0, mine.numel(), chunk):
             idx = mine[i0:i0 + chunk].to(x.device)
             out = raw(x[idx])
-            sums += torch.tensor([float(loss(out, y[idx], "sum")), float(y[idx].numel())],
-                                 dtype=torch.float64)
+            sums += torch.tensor([float(loss(out.double(), y[idx].double(), "sum")),
+                                  float(y[idx].numel())], dtype=torch.float64)
         sums = all_reduce_sum(sums, info)
-        reg = 0.5 * beta * float(raw.weight_decay().double())
+        wd64 = getattr(raw, "weight_decay_value", None)  # float64: no float32 overflow
+        reg = 0.5 * beta * (wd64() if wd64 is not None else float(raw.weight_decay().double()))
     obj = float(sums[0]) + reg
     return {f"{prefix}_objective": obj, f"{prefix}_objective_mean": obj / float(sums[1]),
             f"{prefix}_data_loss": float(sums[0])}
@@ -113,6 +114,9 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
     if not isinstance(model, TwoLayerConvDenoiser):
         raise TypeError(f"model: expected a TwoLayerConvDenoiser, got {type(model).__name__}")
     beta = check_positive(cfg.beta, "beta")
+    check_positive(cfg.lr, "lr")
+    if cfg.reinit_seed is not None:
+        check_int(cfg.reinit_seed, "reinit_seed", 0)
     loss = Loss(cfg.loss, cfg.huber_delta)
     t0 = time.perf_counter()
     device = resolve_device(cfg.device)
@@ -175,5 +179,13 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
                     stop_key="train_objective", desc=f"primal adam m={model.n_filters}")
     res = run_loop(kind="primal-adam", spec=spec, n_items=n, module=module, raw=model,
                    optimizer=opt, step=step, evaluate=evaluate, fp=fp, info=info)
+    last = res.history[-1] if res.history else {}
+    bad = [k for k in ("train_objective", "test_objective")
+           if k in last and not math.isfinite(last[k])]
+    if bad or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        what = f"{bad[0]} is {last[bad[0]]}" if bad else "weights are not finite"
+        raise TrainingDivergedError(
+            f"primal-adam: training diverged: after epoch {last.get('epoch')} the {what} "
+            f"(lr={cfg.lr} too large for this data scale?)", int(last.get("epoch", 0)), None)
     return PrimalTrainResult(res.history, res.status, res.epochs_run, res.steps,
                              time.perf_counter() - t0, res.resumed_from)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,7 +65,7 @@ class LoopSpec:
 def check_loop_spec(spec: LoopSpec, n_items: int) -> None:
     for name in ("epochs", "batch_size", "patience", "checkpoint_every", "eval_every"):
         val = getattr(spec, name)
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
             raise ValueError(f"{name}: expected a positive integer, got {val!r}")
     if spec.batch_size > n_items:
         raise ValueError(f"batch_size={spec.batch_size} is larger than the {n_items} training "
@@ -117,6 +118,10 @@ def run_loop(*, kind: str, spec: LoopSpec, n_items: int, module: nn.Module, raw:
     (scaled) loss as a 0-d tensor; `evaluate(epoch)` returns the exact per-epoch metrics.
     """
     check_loop_spec(spec, n_items)
+    if info.world_size > spec.batch_size:
+        raise ValueError(f"batch_size={spec.batch_size} is smaller than the {info.world_size} "
+                         f"processes: every process needs at least one image per step; use "
+                         f"batch_size >= {info.world_size}")
     steps_per_epoch = math.ceil(n_items / spec.batch_size)
     total_steps = spec.epochs * steps_per_epoch
     res = LoopResult()
@@ -179,6 +184,18 @@ def run_loop(*, kind: str, spec: LoopSpec, n_items: int, module: nn.Module, raw:
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, "train_batch_objective": running}
             if (epoch + 1) % spec.eval_every == 0 or epoch + 1 == spec.epochs:
                 row.update(evaluate(epoch + 1))
+                bad_keys = [k for k, v in row.items()
+                            if isinstance(v, float) and not math.isfinite(v)]
+                if bad_keys:   # an overflow the batch loss did not show: same as a NaN loss
+                    res.status = "nan"
+                    if good_state is not None:
+                        raw.load_state_dict(good_state)
+                    raise TrainingDivergedError(
+                        f"{kind}: {', '.join(bad_keys)} became NaN/Inf at epoch {epoch + 1}; "
+                        f"training stopped" + (f"; the last good checkpoint (epoch "
+                                               f"{last_saved}) is kept at {ckpt}"
+                                               if last_saved is not None else ""),
+                        epoch + 1, last_saved)
             row["epoch_seconds"] = time.perf_counter() - t0
             row["elapsed_seconds"] = elapsed0 + time.perf_counter() - t_start
             res.history.append(_plain(row))

@@ -41,7 +41,7 @@ def run_dual(x, y, xe, ye, n_patterns: int, beta: float, epochs: int, seed: int 
              quiet: bool = False, checkpoint: str | None = None,
              max_seconds: float | None = None, eval_every: int = 1, **kw):
     model = ConvexDualDenoiser(kernel_size=3, n_patterns=n_patterns, beta=beta, seed=seed)
-    cfg = AdamConfig(epochs=epochs, batch_size=25, seed=seed, progress=not quiet,
+    cfg = AdamConfig(epochs=epochs, seed=seed, progress=not quiet,
                      checkpoint_path=checkpoint, max_seconds=max_seconds,
                      eval_every=eval_every, device="cpu", **kw)
     t = time.perf_counter()

@@ -116,7 +116,8 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
                               residual=True, seed=a.seed)
     t = time.perf_counter()
     dual.fit(xtr, ytr, solver="adam", eval_set=(xte, yte), config=AdamConfig(
-        epochs=a.epochs_dual, batch_size=a.batch_size, seed=a.seed, progress=not a.quiet,
+        epochs=a.epochs_dual, batch_size=min(a.dual_batch_size or a.batch_size, xtr.shape[0]),
+        seed=a.seed, progress=not a.quiet,
         eval_every=a.eval_every, device="cpu"))
     t_dual = time.perf_counter() - t
     rebuilt = dual.to_primal().float()
@@ -182,6 +183,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--primal-init-scale", type=float, default=0.1,
                     help="multiply the primal's Kaiming-uniform initial weights by this")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--dual-batch-size", type=int, default=None,
+                    help="images per dual Adam step (default: --batch-size)")
     ap.add_argument("--beta-mean", type=float, default=1e-5)
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--no-augment", action="store_true")

@@ -140,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sigma-train", type=float, default=0.02)
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--out", default="experiments/results")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines or tables (the JSON and PNG are still written)")
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.kernels, args.crop, args.stages, args.iters = 1, [0], 64, 8, 20
@@ -150,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
 
     def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+        if not args.quiet:
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
 
     out_dir = Path(args.out)
     net, net_info = load_or_train_denoiser(out_dir / "podm_dncnn.pt", args.sigma_train,
@@ -199,16 +202,17 @@ def main(argv: list[str] | None = None) -> dict:
                                                      if r["kernel"] == ki])) for m in METHODS}
                   for ki in args.kernels}
     fb = [r["PODM (checked)"]["n_fallback"] for r in rows]
-    print(f"\n{'method':<16}{'PSNR':>8}{'SSIM':>8}{'s/image':>9}")
-    for m in METHODS:
-        print(f"{m:<16}{summary[m]['psnr']:8.2f}{summary[m]['ssim']:8.3f}"
-              f"{summary[m]['seconds']:9.2f}")
-    print(f"{'blurred input':<16}{summary['blurred input']['psnr']:8.2f}")
-    print("PSNR per kernel: " + "; ".join(
-        f"{k}: " + ", ".join(f"{m} {v:.2f}" for m, v in row.items())
-        for k, row in per_kernel.items()))
-    print(f"PODM (checked): fallback at {sum(fb)}/{len(fb) * args.stages} stages; "
-          f"tuned parameters {params}")
+    if not args.quiet:
+        print(f"\n{'method':<16}{'PSNR':>8}{'SSIM':>8}{'s/image':>9}")
+        for m in METHODS:
+            print(f"{m:<16}{summary[m]['psnr']:8.2f}{summary[m]['ssim']:8.3f}"
+                  f"{summary[m]['seconds']:9.2f}")
+        print(f"{'blurred input':<16}{summary['blurred input']['psnr']:8.2f}")
+        print("PSNR per kernel: " + "; ".join(
+            f"{k}: " + ", ".join(f"{m} {v:.2f}" for m, v in row.items())
+            for k, row in per_kernel.items()))
+        print(f"PODM (checked): fallback at {sum(fb)}/{len(fb) * args.stages} stages; "
+              f"tuned parameters {params}")
     tag = "_quick" if args.quick else ""
     plot(out_dir / f"podm_deblur{tag}.png", example, curves)
     payload = {"experiment": "RPODM deblurring, Levin kernels, noise 0.01 (Sec. 5.2)",
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 f"out: not in the table)", "chosen": params,
                           "psnr_grid": grid_table},
                "summary": summary, "per_kernel_psnr": per_kernel, "rows": rows}
-    return write_json(out_dir / f"podm_deblur{tag}.json", payload, t_start)
+    return write_json(out_dir / f"podm_deblur{tag}.json", payload, t_start, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-steps", type=int, default=300)
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--out", default="experiments/results")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines or tables (the JSON and PNG are still written)")
     args = p.parse_args(argv)
     if args.quick:
         args.scales, args.max_images, args.crop, args.stages = [2, 4], 2, 48, 15
@@ -233,9 +235,14 @@ def main(argv: list[str] | None = None) -> dict:
                           str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     torch.set_num_threads(1)
     t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+
     out_dir = Path(args.out)
     net, net_info = load_or_train_denoiser(out_dir / "podm_dncnn.pt", args.sigma_train,
-                                           args.train_steps, args.retrain)
+                                           args.train_steps, args.retrain, log=log)
     names = ["baby", "bird", "butterfly", "head", "woman"][:args.max_images]
     images = load_test_images("set5", grayscale=True)[:args.max_images]
     results = []
@@ -245,11 +252,11 @@ def main(argv: list[str] | None = None) -> dict:
         for f in args.scales:
             r = solve_all(x_true, f, net, args)
             results.append({"image": name, "scale": f, "side": side, **r})
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {name} x{f}: " + ", ".join(
-                f"{m} {r[m]['psnr']:.2f} dB Phi {r[m]['phi']:.4g}" for m in METHODS),
-                flush=True)
+            log(f"{name} x{f}: " + ", ".join(
+                f"{m} {r[m]['psnr']:.2f} dB Phi {r[m]['phi']:.4g}" for m in METHODS))
     summary = summarise(results, args.scales, args.stages)
-    print_table(summary)
+    if not args.quiet:
+        print_table(summary)
     tag = ("_bicubic" if args.filter == "bicubic" else "") + ("_quick" if args.quick else "")
     example = next((r for r in results if r["image"] == "butterfly" and r["scale"] == 2),
                    results[0])
@@ -260,16 +267,17 @@ def main(argv: list[str] | None = None) -> dict:
                    " --quick" if args.quick else ""),
                "args": vars(args), "denoiser": net_info, "summary": summary,
                "results": results}
-    return write_json(out_dir / f"podm_sparse_sr{tag}.json", payload, t_start)
+    return write_json(out_dir / f"podm_sparse_sr{tag}.json", payload, t_start, quiet=args.quiet)
 
 
-def write_json(path: Path, payload: dict, t_start: float) -> dict:
-    """Add run time and environment, write, say so."""
+def write_json(path: Path, payload: dict, t_start: float, quiet: bool = False) -> dict:
+    """Add run time and environment, write, say so (unless ``quiet``)."""
     payload = {**payload, "seconds": time.perf_counter() - t_start,
                "environment": {"torch": torch.__version__, "python": platform.python_version(),
                                "threads": torch.get_num_threads()}}
     path.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {path} and .png ({payload['seconds']:.0f} s)")
+    if not quiet:
+        print(f"wrote {path} and .png ({payload['seconds']:.0f} s)")
     return payload
 
 

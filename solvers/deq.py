@@ -203,8 +203,14 @@ def fixed_point(fn, x0: Tensor, max_iter: int = 100, tol: float = 1e-4, anderson
         diag = h.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(h.dtype).tiny)
         h = h + (anderson_lam * diag)[:, None, None] * torch.eye(n, dtype=h.dtype,
                                                                  device=h.device)
-        coef = torch.linalg.solve(h, torch.ones((b, n, 1), dtype=h.dtype, device=h.device))
-        alpha = coef / coef.sum(dim=1, keepdim=True)             # sum alpha = 1
+        try:
+            coef = torch.linalg.solve(h, torch.ones((b, n, 1), dtype=h.dtype, device=h.device))
+            alpha = coef / coef.sum(dim=1, keepdim=True)         # sum alpha = 1
+        except torch.linalg.LinAlgError:      # singular Gram (anderson_lam = 0, equal residuals)
+            alpha = None
+        if alpha is None or not bool(torch.isfinite(alpha).all()):
+            x = x + relaxation * (fx - x)                          # plain step this time
+            continue
         mix = relaxation * hist_f[:, :n] + (1.0 - relaxation) * hist_x[:, :n]
         x = (alpha.transpose(1, 2) @ mix).reshape(x.shape)      # Anderson (not in the slides)
     if not stats.converged:

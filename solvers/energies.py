@@ -54,6 +54,10 @@ def check_batch(u, where: str = "u") -> Tensor:
     return u
 
 
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _sq(x: Tensor) -> Tensor:
     return x.flatten(1).pow(2).sum(dim=1)
 
@@ -143,7 +147,8 @@ class DataFidelity(Energy):
                             f"(B, ...), got {_describe(f)}")
         if not bool(torch.isfinite(f).all()):
             raise EnergyError("DataFidelity: f holds NaN/inf values")
-        if lipschitz is not None and not (math.isfinite(lipschitz) and lipschitz > 0):
+        if lipschitz is not None and not (_is_real(lipschitz) and math.isfinite(lipschitz)
+                                          and lipschitz > 0):
             raise ValueError(f"DataFidelity: lipschitz: expected a positive finite number, got "
                              f"{lipschitz!r}")
         self.operator, self.f, self._lipschitz = operator, f, lipschitz
@@ -217,6 +222,10 @@ class CharbonnierTV(Energy):
         if u.ndim < 3:
             raise EnergyError(f"CharbonnierTV: expected images (B, [C,] H, W), got "
                               f"{_describe(u)}")
+        if self.eps ** 2 < torch.finfo(u.dtype).tiny:   # sqrt(0 + eps^2) = 0: 0/0 gradients
+            raise EnergyError(f"CharbonnierTV: eps: expected eps^2 representable in "
+                              f"{u.dtype} (eps >= {math.sqrt(torch.finfo(u.dtype).tiny):.2g}), "
+                              f"got eps = {self.eps!r}")
 
     def _mag(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         gx, gy = _dx(u), _dx(u.transpose(-1, -2)).transpose(-1, -2)
@@ -242,10 +251,12 @@ class SumEnergy(Energy):
         if not terms or not all(isinstance(t, Energy) for t in terms):
             raise TypeError(f"SumEnergy: expected a non-empty sequence of Energy, got "
                             f"{[type(t).__name__ for t in terms]}")
-        w = [1.0] * len(terms) if weights is None else [float(x) for x in weights]
-        if len(w) != len(terms) or not all(math.isfinite(x) and x >= 0 for x in w):
+        w = [1.0] * len(terms) if weights is None else list(weights)
+        if len(w) != len(terms) or not all(_is_real(x) and math.isfinite(x) and x >= 0
+                                           for x in w):
             raise ValueError(f"SumEnergy: expected {len(terms)} non-negative finite weights, "
                              f"got {weights!r}")
+        w = [float(x) for x in w]
         self.terms, self.weights = terms, w
         self.differentiable = all(t.differentiable for t in terms)
 
@@ -285,7 +296,7 @@ class SumEnergy(Energy):
 def data_plus_tv(operator, f: Tensor, alpha: float, eps: float = 1e-2,
                  lipschitz: float | None = None) -> SumEnergy:
     """``E(u) = 1/2 ||A u - f||^2 + alpha TV_eps(u)`` (Sec. 5.2)."""
-    if not (math.isfinite(alpha) and alpha >= 0):
+    if not (_is_real(alpha) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"data_plus_tv: alpha: expected a non-negative number, got {alpha!r}")
     return SumEnergy([DataFidelity(operator, f, lipschitz), CharbonnierTV(eps)], [1.0, alpha])
 

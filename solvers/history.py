@@ -53,6 +53,10 @@ def _pair(x, reference) -> tuple[np.ndarray, np.ndarray]:
 
 def _data_range(ref: np.ndarray, data_range: float | None) -> float:
     if data_range is not None:
+        if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not (
+                math.isfinite(data_range) and data_range > 0):
+            raise ValueError(f"data_range: expected a positive finite number or None, got "
+                             f"{data_range!r}")
         return float(data_range)
     rng = float(ref.max() - ref.min())
     return rng if rng > 0 else 1.0
@@ -67,7 +71,11 @@ def psnr(x, reference, data_range: float | None = None) -> float:
     for xi, ri in zip(a, b, strict=True):
         mse = float(np.mean((xi - ri) ** 2))
         dr = _data_range(ri, data_range)
-        vals.append(math.inf if mse == 0.0 else 10.0 * math.log10(dr * dr / mse))
+        if math.isnan(mse) or mse == 0.0:
+            vals.append(math.nan if math.isnan(mse) else math.inf)
+        else:
+            ratio = dr * dr / mse                    # 0 when mse = inf: a diverged estimate
+            vals.append(10.0 * math.log10(ratio) if ratio > 0.0 else -math.inf)
     return float(np.mean(vals))
 
 

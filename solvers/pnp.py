@@ -99,24 +99,58 @@ class PnPConfig:
 
 
 # ---------------------------------------------------------------------------- helpers
+def _real(value: Any, name: str, what: str) -> float:
+    """`value` as a float; TypeError naming the option when it is not a real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()):
+        raise TypeError(f"{name}: expected {what}, got {value!r}")
+    return float(value)
+
+
 def _check_config(config: PnPConfig | None) -> PnPConfig:
     cfg = PnPConfig() if config is None else config
     if not isinstance(cfg, PnPConfig):
         raise TypeError(f"config: expected PnPConfig, got {type(cfg).__name__}")
-    if isinstance(cfg.max_iter, bool) or not isinstance(cfg.max_iter, int) or cfg.max_iter < 1:
-        raise ValueError(f"max_iter: expected a positive integer, got {cfg.max_iter!r}")
-    if not cfg.tol >= 0:
+    for name in ("max_iter", "cg_iter", "lipschitz_iter"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {v!r}")
+    if not _real(cfg.tol, "tol", "a number >= 0") >= 0:
         raise ValueError(f"tol: expected >= 0, got {cfg.tol}")
-    if cfg.step is not None and not (math.isfinite(cfg.step) and cfg.step > 0):
+    if cfg.step is not None and not (math.isfinite(_real(cfg.step, "step", "a number"))
+                                     and cfg.step > 0):
         raise ValueError(f"step: expected a positive finite number or None (= 1/L), got "
                          f"{cfg.step}")
-    if cfg.lipschitz is not None and not (math.isfinite(cfg.lipschitz) and cfg.lipschitz >= 0):
+    if cfg.lipschitz is not None and not (math.isfinite(_real(cfg.lipschitz, "lipschitz",
+                                                              "a number"))
+                                          and cfg.lipschitz >= 0):
         raise ValueError(f"lipschitz: expected ||A||^2 >= 0 or None, got {cfg.lipschitz}")
-    if not (math.isfinite(cfg.relaxation) and cfg.relaxation > 0):
+    if not (math.isfinite(_real(cfg.relaxation, "relaxation", "a number > 0"))
+            and cfg.relaxation > 0):
         raise ValueError(f"relaxation: expected > 0, got {cfg.relaxation}")
-    if not (math.isfinite(cfg.lam) and cfg.lam >= 0):
+    if not (math.isfinite(_real(cfg.lam, "lam", "a number >= 0")) and cfg.lam >= 0):
         raise ValueError(f"lam: expected >= 0, got {cfg.lam}")
+    for name in ("lipschitz_tol", "cg_tol"):
+        if not _real(getattr(cfg, name), name, "a number >= 0") >= 0:
+            raise ValueError(f"{name}: expected a number >= 0, got {getattr(cfg, name)!r}")
+    if cfg.data_range is not None and not (
+            math.isfinite(_real(cfg.data_range, "data_range", "a positive number or None"))
+            and cfg.data_range > 0):
+        raise ValueError(f"data_range: expected a positive finite number or None, got "
+                         f"{cfg.data_range!r}")
+    if cfg.energy is not None and not callable(cfg.energy):
+        raise TypeError(f"energy: expected a callable x -> tensor or None, got "
+                        f"{type(cfg.energy).__name__}")
     return cfg
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    """Measurements, starts and references must be real, floating and finite."""
+    if t.is_complex() or not t.is_floating_point():
+        raise TypeError(f"{what}: expected a real floating-point tensor, got dtype {t.dtype}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what}: expected finite values, got "
+                         f"{int((~torch.isfinite(t)).sum())} NaN/Inf entries")
 
 
 def _norm(t: torch.Tensor) -> float:
@@ -166,6 +200,7 @@ class _Run:
             if not callable(getattr(physics, attr, None)):
                 raise TypeError(f"{name}: physics: expected an operator with A(x) and "
                                 f"A_adjoint(y), got {type(physics).__name__} without {attr}")
+        _check_finite(y, f"{name}: y")
         self.y = y.detach()
         with torch.no_grad():
             self.aty = self._apply(physics.A_adjoint, self.y, "A_adjoint(y)")
@@ -174,6 +209,7 @@ class _Run:
             else:
                 if not isinstance(cfg.x0, torch.Tensor):
                     raise TypeError(f"{name}: x0: expected a tensor, got {type(cfg.x0).__name__}")
+                _check_finite(cfg.x0, f"{name}: x0")
                 x0 = cfg.x0.detach().to(dtype=self.aty.dtype, device=self.aty.device).clone()
             self._check_image(x0, "x0")
             ax0 = self._apply(physics.A, x0, "A(x0)")
@@ -181,6 +217,11 @@ class _Run:
                 raise ValueError(f"{name}: physics maps images of shape {tuple(x0.shape)} to "
                                  f"measurements {tuple(ax0.shape)}, but y has shape "
                                  f"{tuple(self.y.shape)}")
+        if cfg.reference is not None and not isinstance(cfg.reference, torch.Tensor):
+            raise TypeError(f"{name}: reference: expected a tensor, got "
+                            f"{type(cfg.reference).__name__}")
+        if cfg.reference is not None:
+            _check_finite(cfg.reference, f"{name}: reference")
         if cfg.reference is not None and tuple(cfg.reference.shape) != tuple(x0.shape):
             raise ValueError(f"{name}: reference: expected the image shape {tuple(x0.shape)}, "
                              f"got {tuple(cfg.reference.shape)}")

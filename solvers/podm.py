@@ -113,6 +113,11 @@ class PODMConfig:
         if self.propagation not in ("auto", "cg"):
             raise ValueError(f"PODMConfig: propagation: expected 'auto' or 'cg', got "
                              f"{self.propagation!r}")
+        _positive(self.data_range, "data_range", allow_none=True)
+        for name in ("cg_iter",):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"PODMConfig: {name}: expected a positive integer, got {v!r}")
         if self.x0 is not None and not isinstance(self.x0, Tensor):
             raise TypeError(f"PODMConfig: x0: expected a torch.Tensor or None, got "
                             f"{type(self.x0).__name__}")

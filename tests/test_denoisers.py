@@ -63,7 +63,7 @@ def test_check_denoiser_errors():
     with pytest.raises(TypeError, match="callable"):
         check_denoiser(42, x)
     primal32 = TwoLayerConvDenoiser(1, 4)
-    with pytest.raises(RuntimeError, match="failed on an input of shape .* torch.float64"):
+    with pytest.raises(TypeError, match="failed on an input of shape .* torch.float64"):
         check_denoiser(primal32, x.double())
     with pytest.raises(ValueError, match=r"expected input \(B, 1, H, W\)"):
         check_denoiser(DnCNN(depth=2, channels=2), torch.rand(1, 3, 8, 8))

@@ -328,3 +328,34 @@ def test_data_skip_direction_and_guarantee():
     assert torch.allclose(op.A(u0 - d), op.A(gt))         # one step = nearest upsampling
     with pytest.raises(ValueError, match="data_skip"):
         DirectionNetwork(backbone, None, use_data=False, data_skip=True)
+
+
+def test_normalize_grad_input_is_scale_free_and_keeps_the_guarantee():
+    from solvers.operators import CT
+
+    gen = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64)
+    op = CT(4, 8)
+    energy = data_plus_tv(op, op.A(gt), alpha=0.01, eps=0.05)
+    torch.manual_seed(0)
+    net = DirectionNetwork(SmallConvNet(3, 1, depth=3, channels=4).double(),
+                           HalfSpaceProjection(0.1 / energy.lipschitz(gt), True),
+                           grad_scale=0.5, normalize_grad=True)
+    u = torch.zeros_like(gt)
+    g = energy.gradient(u)
+    gin = net.grad_input(g)
+    assert torch.allclose(gin.flatten(1).pow(2).mean(dim=1).sqrt(), torch.full((2,), 0.5,
+                                                                              dtype=g.dtype))
+    data = energy.data_image(u)
+    # the backbone sees the direction of g only: scaling g (per sample) leaves z unchanged
+    scale = torch.tensor([1e-4, 1e3], dtype=g.dtype).view(-1, 1, 1, 1)
+    assert torch.allclose(net.raw(u, g, data), net.raw(u, scale * g, data))
+    assert torch.allclose(net.grad_input(torch.zeros_like(g)), torch.zeros_like(g))
+    d = net.direction(u, g, energy)
+    assert bool(in_half_space(d, g, net.projection.zeta, True).all())
+    _, hist = energy_dissipating_descent(energy, u, net, DescentConfig(max_iter=15))
+    e = [hist.flags["initial_energy"]] + hist.energy
+    assert all(b <= a for a, b in zip(e, e[1:], strict=False))
+    with pytest.raises(ValueError, match="normalize_grad"):
+        DirectionNetwork(ConvexDenoiserDirection(lambda x, sigma=None: x), None,
+                         raw_inputs=True, normalize_grad=True)

@@ -6,6 +6,7 @@ maximum of their dtype, float images are kept as they are.
 
 from __future__ import annotations
 
+import zipfile
 from os import PathLike
 from pathlib import Path
 
@@ -104,7 +105,25 @@ def _stack(files: list[Path], grayscale: bool) -> np.ndarray:
     return np.stack(images)
 
 
+def _load_array_file(p: Path):
+    """``np.load`` without pickles; a damaged file is a ValueError naming it."""
+    try:
+        return np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{p}: could not read as a {p.suffix} array file: {err}") from err
+
+
+def _member(archive, key: str, p: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{p}: could not read array {key!r}: {err}") from err
+
+
 def _existing(path: str | PathLike[str]) -> Path:
+    if not isinstance(path, (str, PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike file or folder name, got "
+                        f"{type(path).__name__}")
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"no such file or folder: {p}")
@@ -125,9 +144,9 @@ def load_images(path: str | PathLike[str], grayscale: bool = True,
         return _stack(_image_files(p), grayscale)
     suffix = p.suffix.lower()
     if suffix == ".npy":
-        return _array_to_nchw(np.load(p, allow_pickle=False), grayscale, str(p))
+        return _array_to_nchw(_load_array_file(p), grayscale, str(p))
     if suffix == ".npz":
-        with np.load(p, allow_pickle=False) as archive:
+        with _load_array_file(p) as archive:
             keys = list(archive.files)
             if key is None:
                 if {"noisy", "clean"} <= set(keys):
@@ -139,7 +158,7 @@ def load_images(path: str | PathLike[str], grayscale: bool = True,
                 key = keys[0]
             if key not in keys:
                 raise ValueError(f"{p}: no array {key!r}; found {keys}")
-            return _array_to_nchw(archive[key], grayscale, f"{p}[{key!r}]")
+            return _array_to_nchw(_member(archive, key, p), grayscale, f"{p}[{key!r}]")
     if suffix in IMAGE_EXTENSIONS:
         return _read_image(p, grayscale)[None]
     raise ValueError(f"{p}: expected a folder, .npy, .npz or an image file "
@@ -169,13 +188,13 @@ def load_image_pairs(path: str | PathLike[str],
                              f"noisy/: {only_noisy[:5]}, only in clean/: {only_clean[:5]}")
         noisy, clean = _stack(files["noisy"], grayscale), _stack(files["clean"], grayscale)
     elif p.suffix.lower() == ".npz":
-        with np.load(p, allow_pickle=False) as archive:
+        with _load_array_file(p) as archive:
             missing = [k for k in ("noisy", "clean") if k not in archive.files]
             if missing:
                 raise ValueError(f"{p}: expected arrays 'noisy' and 'clean', missing {missing} "
                                  f"(found {list(archive.files)})")
-            noisy = _array_to_nchw(archive["noisy"], grayscale, f"{p}['noisy']")
-            clean = _array_to_nchw(archive["clean"], grayscale, f"{p}['clean']")
+            noisy = _array_to_nchw(_member(archive, "noisy", p), grayscale, f"{p}['noisy']")
+            clean = _array_to_nchw(_member(archive, "clean", p), grayscale, f"{p}['clean']")
     else:
         raise ValueError(f"{p}: expected a .npz with 'noisy' and 'clean' arrays or a folder "
                          f"with noisy/ and clean/ subfolders, got extension {p.suffix!r}")

@@ -17,6 +17,7 @@ from typing import Literal, overload
 import numpy as np
 import torch
 
+from .._validation import check_seed
 from ._bundled import bundled_dataset_path, shared_datasets_dir
 from .idx import _load_bytes, _parse
 
@@ -230,7 +231,7 @@ def mnist_denoising_split(n_train: int = 600, n_test: int = 1000, seed: int = 0,
     n_test = _check_count(n_test, "n_test")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"dtype: expected a floating torch dtype, got {dtype!r}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     resolved = _resolve_root(root)
     if resolved is None:
         images = load_mnist("test")

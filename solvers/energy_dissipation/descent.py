@@ -66,29 +66,36 @@ class DescentConfig:
     record_history: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.c < 0.5:
-            raise ValueError(f"DescentConfig: c: expected 0 < c < 0.5, got {self.c!r}")
-        if not 0 < self.rho < 1:
-            raise ValueError(f"DescentConfig: rho: expected 0 < rho < 1, got {self.rho!r}")
-        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or \
-                self.max_iter < 0:
-            raise ValueError(f"DescentConfig: max_iter: expected an integer >= 0, got "
-                             f"{self.max_iter!r}")
-        if not self.grad_tol >= 0:
-            raise ValueError(f"DescentConfig: grad_tol: expected >= 0, got {self.grad_tol!r}")
+        def real(name: str, what: str, ok) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(float(v)):
+                raise ValueError(f"DescentConfig: {name}: expected {what}, got {v!r}")
+
+        def integer(name: str) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"DescentConfig: {name}: expected an integer >= 0, got {v!r}")
+
+        real("c", "0 < c < 0.5", lambda v: 0 < v < 0.5)
+        real("rho", "0 < rho < 1", lambda v: 0 < v < 1)
+        integer("max_iter")
+        real("grad_tol", ">= 0", lambda v: v >= 0)
         if self.step_rule not in ("armijo", "constant"):
             raise ValueError(f"DescentConfig: step_rule: expected 'armijo' or 'constant', got "
                              f"{self.step_rule!r}")
-        if not (math.isfinite(self.initial_step) and self.initial_step > 0):
-            raise ValueError(f"DescentConfig: initial_step: expected > 0, got "
-                             f"{self.initial_step!r}")
-        if self.max_backtracks < 0:
-            raise ValueError(f"DescentConfig: max_backtracks: expected >= 0, got "
-                             f"{self.max_backtracks!r}")
-        if self.discrepancy is not None and not bool(
-                torch.all(torch.as_tensor(self.discrepancy) >= 0)):
-            raise ValueError(f"DescentConfig: discrepancy: expected delta >= 0, got "
-                             f"{self.discrepancy!r}")
+        real("initial_step", "> 0", lambda v: math.isfinite(v) and v > 0)
+        integer("max_backtracks")
+        for name in ("zeta1", "zeta2", "lipschitz"):
+            if getattr(self, name) is not None:
+                real(name, "a positive finite number or None",
+                     lambda v: math.isfinite(v) and v > 0)
+        if self.discrepancy is not None:
+            d = self.discrepancy
+            ok = (isinstance(d, Tensor) and d.is_floating_point()) or (
+                isinstance(d, (int, float)) and not isinstance(d, bool))
+            if not ok or not bool(torch.all(torch.as_tensor(d) >= 0)):
+                raise ValueError(f"DescentConfig: discrepancy: expected delta >= 0 (a number "
+                                 f"or a per-sample tensor), got {d!r}")
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)

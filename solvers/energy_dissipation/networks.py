@@ -4,6 +4,9 @@
 channel axis (``data = energy.data_image(u)``, e.g. the nearest upsampling of the low-resolution
 image), runs the backbone and feeds its output to the projection layer (eq. 21 or eq. 22).
 ``projection=None`` is the baseline: the same backbone without the guarantee.
+``normalize_grad=True`` feeds ``grad_scale * g / rms(g)`` instead (the gradient's direction at a
+fixed size; for ill-conditioned operators such as CT, where ``g / L`` shrinks by orders of
+magnitude along the iterations and the backbone would otherwise stop seeing it).
 
 Backbones (all map ``(B, C_in, H, W) -> (B, C_out, H, W)``):
 - ``PaperDnCNN``: the paper's net (Sec. 5.1, after Zhang et al.): 20 blocks of 3x3 conv with 64
@@ -17,12 +20,14 @@ Backbones (all map ``(B, C_in, H, W) -> (B, C_out, H, W)``):
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from ..denoisers import call_denoiser
 from ..energies import Energy
-from .projection import HalfSpaceProjection, TwoSidedProjection
+from .projection import GRAD_NORM_FLOOR, HalfSpaceProjection, TwoSidedProjection
 
 __all__ = ["DirectionNetwork", "PaperDnCNN", "SmallConvNet", "MLP", "SetNet",
            "ConvexDenoiserDirection", "GradientDirection"]
@@ -158,8 +163,10 @@ class GradientDirection(nn.Module):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        if not scale > 0:
-            raise ValueError(f"GradientDirection: scale: expected > 0, got {scale!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                math.isfinite(scale) and scale > 0):
+            raise ValueError(f"GradientDirection: scale: expected a finite number > 0, got "
+                             f"{scale!r}")
         self.scale = float(scale)
 
     def direction(self, u: Tensor, g: Tensor, energy: Energy) -> Tensor:
@@ -179,12 +186,19 @@ class DirectionNetwork(nn.Module):
     in the dtype of ``u``. ``data_skip=True`` adds ``u - data`` to the backbone output (the
     backbone learns a correction of the step to the data image, e.g. to the nearest
     upsampling in super-resolution; residual learning as in DnCNN/VDSR).
+    ``normalize_grad=True`` feeds the gradient channel as ``grad_scale * g / rms(g)``, per
+    sample, with ``rms(g) = max(||g||, 1e-6) / sqrt(numel)`` (the floor of Sec. 4.1), in place
+    of ``grad_scale * g``: the input then shows where the energy decreases at the same size at
+    every iterate. With an ill-conditioned operator (sparse-angle CT) ``||g|| / L`` drops by two
+    orders of magnitude within a few iterations, and a backbone fed ``g / L`` beside ``u`` and
+    the data image in effect ignores it (see docs/energy_dissipation.md, CT). Only the input
+    changes: the projection layer still acts on the raw ``g``, so the guarantee is the same.
     """
 
     def __init__(self, backbone: nn.Module,
                  projection: HalfSpaceProjection | TwoSidedProjection | None,
                  grad_scale: float = 1.0, use_data: bool = True, raw_inputs: bool = False,
-                 data_skip: bool = False) -> None:
+                 data_skip: bool = False, normalize_grad: bool = False) -> None:
         super().__init__()
         if projection is not None and not isinstance(projection, (HalfSpaceProjection,
                                                                   TwoSidedProjection)):
@@ -193,6 +207,10 @@ class DirectionNetwork(nn.Module):
         self.backbone, self.projection = backbone, projection
         self.grad_scale, self.use_data, self.raw_inputs = float(grad_scale), use_data, raw_inputs
         self.data_skip = bool(data_skip)
+        self.normalize_grad = bool(normalize_grad)
+        if self.normalize_grad and raw_inputs:
+            raise ValueError("DirectionNetwork: normalize_grad=True acts on the concatenated "
+                             "input; it does not apply with raw_inputs=True")
         if self.data_skip and not use_data:
             raise ValueError("DirectionNetwork: data_skip=True needs use_data=True")
 
@@ -207,13 +225,22 @@ class DirectionNetwork(nn.Module):
                 return p.dtype
         return u.dtype
 
+    def grad_input(self, g: Tensor) -> Tensor:
+        """The gradient channel fed to the backbone: ``grad_scale * g``, or with
+        ``normalize_grad`` ``grad_scale * g / rms(g)`` per sample."""
+        if not self.normalize_grad:
+            return g * self.grad_scale
+        numel = g[0].numel()
+        gn = g.flatten(1).norm(dim=1).clamp_min(GRAD_NORM_FLOOR)
+        return g * (self.grad_scale * numel**0.5 / gn).view(-1, *([1] * (g.ndim - 1)))
+
     def raw(self, u: Tensor, g: Tensor, data: Tensor | None = None) -> Tensor:
         """The backbone output ``z`` before the projection."""
         if self.raw_inputs:
             z = self.backbone(u, data, g)
         else:
             dt = self._dtype(u)
-            parts = [u, g * self.grad_scale]
+            parts = [u, self.grad_input(g)]
             if self.use_data:
                 if data is None:
                     raise ValueError("DirectionNetwork: use_data=True but the energy provides "

@@ -126,11 +126,13 @@ class LinearOperator(torch.nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} {where}: expected a torch.Tensor of shape (B, C, H, W), "
                             f"got {_describe(x)}")
-        if x.is_complex() or not x.is_floating_point():
-            raise TypeError(f"{name} {where}: expected a real floating-point tensor (complex "
-                            f"images are two real channels), got {_describe(x)}")
-        if x.ndim != 4:
-            raise ValueError(f"{name} {where}: expected shape (B, C, H, W), got {_describe(x)}")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} {where}: expected a real floating-point tensor, float32 or "
+                            f"float64 (complex images are two real channels), got "
+                            f"{_describe(x)}")
+        if x.ndim != 4 or x.numel() == 0:
+            raise ValueError(f"{name} {where}: expected a non-empty shape (B, C, H, W), got "
+                             f"{_describe(x)}")
         if self.in_shape is not None:
             c, h, w = self.in_shape
             if tuple(x.shape[-2:]) != (h, w) or (self.fixed_channels and x.shape[1] != c):
@@ -142,10 +144,10 @@ class LinearOperator(torch.nn.Module):
     def _check_measurement(self, y: Any, expected: tuple[int | None, ...], where: str) -> Tensor:
         """``y`` must be a real floating tensor whose shape matches ``expected`` (None = any)."""
         name = type(self).__name__
-        if not isinstance(y, Tensor) or y.is_complex() or not y.is_floating_point():
-            raise TypeError(f"{name} {where}: expected a real floating-point torch.Tensor, got "
-                            f"{_describe(y)}")
-        ok = y.ndim == len(expected) and all(
+        if not isinstance(y, Tensor) or y.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"{name} {where}: expected a real floating-point torch.Tensor "
+                            f"(float32 or float64), got {_describe(y)}")
+        ok = y.ndim == len(expected) and y.numel() > 0 and all(
             e is None or e == s for e, s in zip(expected, y.shape, strict=True))
         if not ok:
             want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"

@@ -44,6 +44,12 @@ def _check_accel(acceleration: Any, where: str) -> float:
     return r
 
 
+def _check_seed(seed: Any, where: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{where}: seed: expected a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def acceleration_of(mask: Any) -> float:
     """``numel / number of sampled entries`` of a 0/1 mask."""
     m = torch.as_tensor(mask)
@@ -83,7 +89,7 @@ def cartesian_mask(shape: tuple[int, int], acceleration: float,
     start = w // 2 - n_center // 2
     cols = np.zeros(w, dtype=bool)
     cols[start:start + n_center] = True
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_seed(seed, "cartesian_mask"))
     rest = rng.choice(np.flatnonzero(~cols), size=n_total - n_center, replace=False)
     cols[rest] = True
     mask = np.broadcast_to(cols[None, :], (h, w)).astype(np.float64)
@@ -159,6 +165,7 @@ def poisson_disc_mask(shape: tuple[int, int], acceleration: float,
     """
     h, w = _check_shape2(shape, "poisson_disc_mask")
     r_target = _check_accel(acceleration, "poisson_disc_mask")
+    seed = _check_seed(seed, "poisson_disc_mask")
     try:
         ch, cw = (int(c) for c in calib)
         ok = 0 <= ch <= h and 0 <= cw <= w and tuple(calib) == (ch, cw)
