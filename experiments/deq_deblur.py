@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.pnp_iters, args.tv_weights, args.test_max_iter = 20, [0.01], 50
     torch.set_num_threads(1)
     torch.manual_seed(0)   # spectral_norm draws its power-iteration vectors from this
-    os.environ.setdefault("CONVEXNN_SHARED_DATASETS", "/work/shared/datasets")
+    os.environ.setdefault("CONVEXNN_SHARED_DATASETS",
+                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     t_start = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
         "cluster_similarity": similarity,
         "sparsity_sweeps": sweeps,
         "timings_seconds": {**timings, "total": time.perf_counter() - t_all},
-        "files": {k: str(out / f"{tag}_{k}.png") for k in ("filters", "clusters", "sparsity")},
+        "files": {k: f"{tag}_{k}.png" for k in ("filters", "clusters", "sparsity")},   # in --out
     }
     write_json(out / f"{tag}.json", payload)
     if not a.quiet:

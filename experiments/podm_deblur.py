@@ -12,9 +12,9 @@ step are each picked by a small grid (PSNR) on one held-out image (Set12 image n
 ``--images``, first kernel), then used on every test image. Estimates are clipped to [0, 1] for
 PSNR/SSIM. The denoiser is the DnCNN of podm_sparse_sr.py (cached, or trained on BSD68).
 
-    CONVEXNN_SHARED_DATASETS=/work/shared/datasets PYTHONPATH=. \\
+    CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \\
         python experiments/podm_deblur.py --quick
-    CONVEXNN_SHARED_DATASETS=/work/shared/datasets PYTHONPATH=. \\
+    CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \\
         python experiments/podm_deblur.py              # the run in results/
 """
 

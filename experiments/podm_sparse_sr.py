@@ -14,9 +14,9 @@ Set5) for a couple of minutes; its weights are cached in
 ``experiments/results/podm_dncnn.pt`` (state dict, loaded with weights_only=True) and reused by
 podm_deblur.py. Writes ``experiments/results/podm_sparse_sr[_quick].json`` and ``.png``.
 
-    CONVEXNN_SHARED_DATASETS=/work/shared/datasets PYTHONPATH=. \\
+    CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \\
         python experiments/podm_sparse_sr.py --quick
-    CONVEXNN_SHARED_DATASETS=/work/shared/datasets PYTHONPATH=. \\
+    CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \\
         python experiments/podm_sparse_sr.py           # the run in results/
 """
 
