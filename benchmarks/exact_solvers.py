@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/exact_solvers.py --quick     # 2 digits x 60 patterns
     PYTHONPATH=. python benchmarks/exact_solvers.py             # N x P grid (hours)
-    PYTHONPATH=. python benchmarks/exact_solvers.py --quick --quiet --out /tmp/es
+    PYTHONPATH=. python benchmarks/exact_solvers.py --quick --quiet --out OUT_DIR
 
 Every solve runs in a child process with a wall-clock limit (`--time-limit`); a run that is
 refused (CVXPY size guard), fails or times out is recorded as such. Accuracy is

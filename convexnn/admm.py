@@ -147,7 +147,9 @@ def _scales(problem: DualProblem) -> tuple[float, float]:
     return sx, sy
 
 
-def _warm_point(ws: Any, problem: DualProblem) -> tuple[torch.Tensor, torch.Tensor]:
+def _warm_point(ws: Any, problem: DualProblem,
+                accepts: str = "a fitted ConvexDualDenoiser, a pair (v, w) or an AdmmState"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     if hasattr(ws, "v_") and hasattr(ws, "w_"):
         g = getattr(ws, "generators_", None)
         if g is None or g.shape != problem.generators.shape or not torch.allclose(
@@ -162,8 +164,7 @@ def _warm_point(ws: Any, problem: DualProblem) -> tuple[torch.Tensor, torch.Tens
             raise ValueError(f"warm_start: expected (v, w) of shape {shape}, got "
                              f"{tuple(v.shape)} and {tuple(w.shape)}")
         return v, w
-    raise TypeError(f"warm_start: expected a fitted ConvexDualDenoiser, a pair (v, w) or an "
-                    f"AdmmState, got {type(ws).__name__}")
+    raise TypeError(f"warm_start: expected {accepts}, got {type(ws).__name__}")
 
 
 # ---------------------------------------------------------------------- solver

@@ -272,6 +272,7 @@ def train_unrolled(model: UnrolledDenoiser, noisy, clean,
     if not isinstance(model, UnrolledDenoiser):
         raise TypeError(f"model: expected an UnrolledDenoiser, got {type(model).__name__}")
     beta, loss = check_positive(cfg.beta, "beta"), Loss(cfg.loss, cfg.huber_delta)
+    lr = check_positive(cfg.lr, "lr")
     t0 = time.perf_counter()
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     x = as_images(noisy, "noisy", dtype=dtype, device=device)
@@ -287,7 +288,7 @@ def train_unrolled(model: UnrolledDenoiser, noisy, clean,
         xe = as_images(eval_set[0], "eval_set noisy", dtype=dtype, device=device)
         evals.append(("test", xe, as_targets(eval_set[1], xe, "eval_set clean")))
     n, hw = x.shape[0], x.shape[2] * x.shape[3]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     info = DistInfo()
 
     def step(local: torch.Tensor, count: int) -> torch.Tensor:
@@ -303,8 +304,9 @@ def train_unrolled(model: UnrolledDenoiser, noisy, clean,
             out.update(_evaluate(model, a, b, beta, loss, info, prefix))
         return out
 
-    shared = [f.name for f in fields(LoopSpec) if f.name not in ("monitor", "stop_key", "desc")]
-    spec = LoopSpec(**{name: getattr(cfg, name) for name in shared},
+    own = ("monitor", "stop_key", "desc", "item_name")
+    shared = [f.name for f in fields(LoopSpec) if f.name not in own]
+    spec = LoopSpec(**{**{name: getattr(cfg, name) for name in shared}, "lr": lr},
                     monitor="train_objective_mean", stop_key="train_objective",
                     desc=f"unrolled adam T={len(model.blocks)}")
     fp = fingerprint("unrolled-adam", {**cfg.settings(), "n_blocks": len(model.blocks),

@@ -114,7 +114,7 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
     if not isinstance(model, TwoLayerConvDenoiser):
         raise TypeError(f"model: expected a TwoLayerConvDenoiser, got {type(model).__name__}")
     beta = check_positive(cfg.beta, "beta")
-    check_positive(cfg.lr, "lr")
+    lr = check_positive(cfg.lr, "lr")
     if cfg.reinit_seed is not None:
         check_int(cfg.reinit_seed, "reinit_seed", 0)
     loss = Loss(cfg.loss, cfg.huber_delta)
@@ -148,7 +148,7 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
     n, hw = x.shape[0], x.shape[2] * x.shape[3]
     n_total = float(n * hw)
     module = wrap_ddp(model, info, device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     fp = fingerprint("primal-adam", {**cfg.settings(), "n_filters": model.n_filters,
                                      "kernel_size": model.kernel_size,
                                      "residual": model.residual},
@@ -169,7 +169,7 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
             out.update(_evaluate(model, xe, ye, beta, loss, info, "test"))
         return out
 
-    spec = LoopSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    spec = LoopSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr,
                     schedule=cfg.schedule, lr_min_ratio=cfg.lr_min_ratio,
                     patience=cfg.patience, tol=cfg.tol, seed=cfg.seed,
                     checkpoint_path=cfg.checkpoint_path, checkpoint_every=cfg.checkpoint_every,

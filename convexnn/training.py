@@ -60,6 +60,7 @@ class LoopSpec:
     stop_below: float | None = None   # stop once history[stop_key] <= stop_below
     stop_key: str = "train_objective"
     desc: str = "train"
+    item_name: str = "images"         # what one of the n_items is (error messages)
 
 
 def check_loop_spec(spec: LoopSpec, n_items: int) -> None:
@@ -69,7 +70,7 @@ def check_loop_spec(spec: LoopSpec, n_items: int) -> None:
             raise ValueError(f"{name}: expected a positive integer, got {val!r}")
     if spec.batch_size > n_items:
         raise ValueError(f"batch_size={spec.batch_size} is larger than the {n_items} training "
-                         f"images; use batch_size <= {n_items}")
+                         f"{spec.item_name}; use batch_size <= {n_items}")
     if not (isinstance(spec.lr, (int, float)) and math.isfinite(spec.lr) and spec.lr > 0):
         raise ValueError(f"lr: expected a positive finite number, got {spec.lr!r}")
     if spec.schedule not in SCHEDULES:
@@ -120,8 +121,8 @@ def run_loop(*, kind: str, spec: LoopSpec, n_items: int, module: nn.Module, raw:
     check_loop_spec(spec, n_items)
     if info.world_size > spec.batch_size:
         raise ValueError(f"batch_size={spec.batch_size} is smaller than the {info.world_size} "
-                         f"processes: every process needs at least one image per step; use "
-                         f"batch_size >= {info.world_size}")
+                         f"processes: every process needs at least one of the "
+                         f"{spec.item_name} per step; use batch_size >= {info.world_size}")
     steps_per_epoch = math.ceil(n_items / spec.batch_size)
     total_steps = spec.epochs * steps_per_epoch
     res = LoopResult()

@@ -1,7 +1,7 @@
 """Objective reached against P: grown patterns (column generation) vs random sampling, MNIST.
 
     PYTHONPATH=. python experiments/pattern_growth.py --quick
-    PYTHONPATH=. python experiments/pattern_growth.py --quick --quiet --out /tmp/pg
+    PYTHONPATH=. python experiments/pattern_growth.py --quick --quiet --out OUT_DIR
 
 Writes `pattern_growth[_quick].{json,png}` into `--out` (default experiments/results).
 """

@@ -96,6 +96,63 @@ def test_history_and_info(data):
     assert m.v_.shape == m.generators_.shape and m.v_.dtype == torch.float64
 
 
+def test_pixel_batches(data):
+    """batch_pixels: a full-data pixel batch is the full-data image batch (same sum, same
+    steps); smaller pixel batches take more steps per epoch and lower the objective."""
+    x, y, _, _ = data
+    npix = x.shape[0] * x.shape[2] * x.shape[3]
+    kw = dict(progress=False, epochs=3, dtype="float64", kernel="torch")
+    a = ConvexDualDenoiser(n_patterns=20, beta=1.0).fit(x, y, solver="adam",
+                                                        batch_size=x.shape[0], **kw)
+    b = ConvexDualDenoiser(n_patterns=20, beta=1.0).fit(x, y, solver="adam",
+                                                        batch_pixels=npix, **kw)
+    assert a.solve_info_.iterations == b.solve_info_.iterations == 3
+    assert torch.allclose(a.v_, b.v_, rtol=1e-9, atol=1e-12)
+    c = ConvexDualDenoiser(n_patterns=20, beta=1.0).fit(x, y, solver="adam",
+                                                        batch_pixels=npix // 8, **kw)
+    assert c.solve_info_.iterations == 3 * 8
+    assert c.history_[-1]["train_penalized_objective"] < b.history_[-1][
+        "train_penalized_objective"]
+    with pytest.raises(ValueError, match=f"batch_pixels={npix + 1} is larger than the "
+                                         f"{npix} training pixels"):
+        ConvexDualDenoiser(n_patterns=5, beta=1.0).fit(x, y, solver="adam", progress=False,
+                                                       batch_pixels=npix + 1)
+    with pytest.raises(ValueError, match="batch_pixels"):
+        ConvexDualDenoiser(n_patterns=5, beta=1.0).fit(x, y, solver="adam", progress=False,
+                                                       batch_pixels=0)
+
+
+def test_warm_start(data, tmp_path):
+    x, y, _, _ = data
+    kw = dict(progress=False, epochs=3, batch_size=2, dtype="float64")
+    a = ConvexDualDenoiser(n_patterns=20, beta=1.0).fit(x, y, solver="adam", **kw)
+    # a warm start at a tiny learning rate stays where it started
+    b = ConvexDualDenoiser(beta=1.0, generators=a.generators_).fit(
+        x, y, solver="adam", warm_start=a, lr=1e-12, **kw)
+    assert torch.allclose(b.v_, a.v_, atol=1e-9) and torch.allclose(b.w_, a.w_, atol=1e-9)
+    # continuing from a: below a's penalised objective, unlike a cold start of 3 epochs
+    c = ConvexDualDenoiser(beta=1.0, generators=a.generators_).fit(
+        x, y, solver="adam", warm_start=(a.v_, a.w_), lr_scale=0.3, **kw)
+    assert (c.history_[-1]["train_penalized_objective"]
+            < a.history_[-1]["train_penalized_objective"])
+    with pytest.raises(ValueError, match="other generators"):
+        ConvexDualDenoiser(n_patterns=20, beta=1.0, seed=5).fit(x, y, solver="adam",
+                                                                warm_start=a, **kw)
+    with pytest.raises(ValueError, match="warm_start: expected"):
+        ConvexDualDenoiser(beta=1.0, generators=a.generators_).fit(
+            x, y, solver="adam", warm_start=(a.v_[:3], a.w_), **kw)
+    with pytest.raises(TypeError, match="warm_start: expected a fitted ConvexDualDenoiser"):
+        ConvexDualDenoiser(beta=1.0, generators=a.generators_).fit(
+            x, y, solver="adam", warm_start="model.safetensors", **kw)
+    # a checkpoint of a cold run is refused by a warm-started run (other start point)
+    ck = tmp_path / "ck.pt"
+    ConvexDualDenoiser(beta=1.0, generators=a.generators_).fit(
+        x, y, solver="adam", checkpoint_path=str(ck), **kw)
+    with pytest.raises(CheckpointMismatchError):
+        ConvexDualDenoiser(beta=1.0, generators=a.generators_).fit(
+            x, y, solver="adam", checkpoint_path=str(ck), warm_start=a, **kw)
+
+
 def test_deterministic_cpu(data):
     x, y, _, _ = data
     a = ConvexDualDenoiser(n_patterns=30, beta=1.0).fit(x, y, solver="adam", **FAST)

@@ -125,8 +125,8 @@ def check(n_examples: int, body, *, deadline: float = 10.0, limit: float = 60.0,
 # (TrainingDivergedError); kept so that a regression can be parked here with its reason.
 PENDING_TRAINER: tuple[tuple[type[BaseException], str], ...] = ()
 # refusals of valid-looking input that depend on the data: documented, not faults
-VALID_REFUSALS = (r"all-zero sign pattern|batch_size=\d+ is larger than|lr and rho: expected "
-                  r"values that fit in torch.float32")
+VALID_REFUSALS = (r"all-zero sign pattern|batch_(size|pixels)=\d+ is larger than|lr and rho: "
+                  r"expected values that fit in torch.float32")
 
 
 def check_message(exc: BaseException, names: tuple[str, ...]) -> None:
@@ -376,7 +376,9 @@ SOLVER_OPTIONS = {
         "init_scale": bad_number(st.floats(1e-4, 1e-1)),
         "dtype": bad_name(("float32", "float64")),
         "eval_every": bad_int(st.integers(1, 2)), "tol": bad_number(st.floats(0.0, 1e-2)),
-        "kernel": bad_name(("auto", "torch", "cpp"))}),
+        "kernel": bad_name(("auto", "torch", "cpp")),
+        "batch_pixels": or_none(bad_int(st.integers(1, 6))),
+        "warm_start": _faultable(st.none(), ["model.safetensors", (1, 2), 3.0])}),
 }
 
 
@@ -892,6 +894,40 @@ def test_fuzz_masks(n_examples):
           center_lines=st.one_of(st.none(), st.none(), bad_int(st.integers(0, 4))),
           calib=st.sampled_from([(0, 0), (2, 2), (16, 16), (-1, 2), (2,), None, "ab"]),
           tol=bad_number(st.floats(0.01, 0.2)), seed=bad_int(st.integers(0, 10)))
+
+
+@fuzz()
+def test_fuzz_coil_maps(n_examples):
+    from solvers.operators import calibration_size, estimate_coil_maps
+
+    def body(shape, fill, scale, container, calib, seed):
+        names = ("kspace", "calib", "mask")
+        vals = make_values(seed, shape, fill, scale) if shape is not None else None
+        if vals is None:
+            k = None
+        elif container == "real":
+            k = torch.from_numpy(vals)
+        else:
+            with np.errstate(invalid="ignore", over="ignore"):
+                arr = (vals + 1j * vals[..., ::-1]).astype(container)
+            k = torch.from_numpy(np.ascontiguousarray(arr)) if arr.ndim else arr
+        ok, maps = attempt(estimate_coil_maps, k, calib, names=names)
+        if ok:
+            assert maps.shape == k.shape and maps.dtype == torch.complex128
+            assert_finite(torch.view_as_real(maps), "coil maps")
+            assert float(maps.abs().pow(2).sum(0).max()) <= 1 + 1e-9
+        if vals is not None and vals.ndim == 3:
+            ok, side = attempt(calibration_size, np.abs(vals).sum(0) > 0, names=names)
+            assert not ok or (isinstance(side, int) and 0 <= side <= min(vals.shape[1:]))
+
+    check(n_examples, body, deadline=5.0,
+          shape=st.one_of(st.tuples(st.integers(1, 3), st.integers(1, 12), st.integers(1, 12)),
+                          st.sampled_from([(4,), (2, 3), (1, 2, 3, 4), (0, 4, 4), None])),
+          fill=st.sampled_from(("normal", "normal", "constant", "nan", "inf", "mixed")),
+          scale=st.sampled_from(SCALES),
+          container=st.sampled_from(("complex128", "complex128", "complex64", "real")),
+          calib=st.one_of(st.none(), st.integers(-2, 14), st.sampled_from([2.5, "4", True])),
+          seed=st.integers(0, 2**16))
 
 
 # ------------------------------------------------------------------------- solvers: shared parts

@@ -11,7 +11,7 @@ from .blur import BLUR_PADDINGS, Blur
 from .ct import CT, radon_matrix
 from .downsample import DOWNSAMPLE_FACTORS, DOWNSAMPLE_FILTERS, Downsample, bicubic_kernel
 from .masks import acceleration_of, cartesian_mask, poisson_disc_mask
-from .mri import MRI, fft2c, ifft2c
+from .mri import MRI, calibration_size, estimate_coil_maps, fft2c, ifft2c
 
 __all__ = [
     "LinearOperator",
@@ -26,6 +26,8 @@ __all__ = [
     "MRI",
     "fft2c",
     "ifft2c",
+    "calibration_size",
+    "estimate_coil_maps",
     "cartesian_mask",
     "poisson_disc_mask",
     "acceleration_of",

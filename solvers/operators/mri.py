@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .base import LinearOperator, _describe, check_binary_mask
 
-__all__ = ["MRI", "fft2c", "ifft2c"]
+__all__ = ["MRI", "fft2c", "ifft2c", "calibration_size", "estimate_coil_maps"]
 
 
 def fft2c(z: Tensor) -> Tensor:
@@ -102,3 +102,59 @@ class MRI(LinearOperator):
             s = self.coil_maps.to(dtype=self._complex(y.dtype), device=y.device)
             z = (s.conj()[None] * z).sum(dim=1)  # sum_c conj(S_c) F^H M y_c
         return torch.stack((z.real, z.imag), dim=1)
+
+
+def calibration_size(mask: Any) -> int:
+    """Side of the largest fully sampled centred square of a ``(H, W)`` k-space mask (even)."""
+    m = check_binary_mask(mask, "calibration_size: mask", (2,)).bool()
+    h, w = m.shape
+    r = 0
+    while r < min(h, w) // 2 and bool(m[h // 2 - r - 1:h // 2 + r + 1,
+                                        w // 2 - r - 1:w // 2 + r + 1].all()):
+        r += 1
+    return 2 * r
+
+
+def estimate_coil_maps(kspace: Any, calib: int | None = None, floor: float = 1e-3) -> Tensor:
+    """Coil sensitivities from the calibration region: low-resolution coil images over their
+    root-sum-of-squares (Walsh-style ratio maps, not ESPIRiT).
+
+    ``kspace``: complex ``(N, H, W)`` centred k-space (zeros where not sampled). ``calib``: side
+    of the centred square used (default: the largest fully sampled one); it is Hann-windowed
+    before the inverse FFT. ``S_c = c_c / max(rss, floor * max rss)``, so ``sum_c |S_c|^2 = 1``
+    wherever the low-resolution signal is above the floor. Returns complex128 ``(N, H, W)``.
+    """
+    if isinstance(kspace, np.ndarray):
+        kspace = torch.from_numpy(np.ascontiguousarray(kspace))
+    if not isinstance(kspace, Tensor) or not kspace.is_complex() or kspace.ndim != 3:
+        raise ValueError(f"estimate_coil_maps: kspace: expected complex (N, H, W), got "
+                         f"{_describe(kspace)}")
+    k = kspace.to(torch.complex128)
+    if not bool(torch.isfinite(torch.view_as_real(k)).all()):
+        raise ValueError("estimate_coil_maps: kspace: expected finite values, got NaN/Inf")
+    peak = float(k.abs().max()) if k.numel() else 0.0
+    if peak > 0:
+        k = k / peak                                   # the maps do not depend on the scale
+    n, h, w = k.shape
+    if n < 1 or h < 2 or w < 2:
+        raise ValueError(f"estimate_coil_maps: kspace: expected (N >= 1, H >= 2, W >= 2), got "
+                         f"{tuple(k.shape)}")
+    if calib is None:
+        calib = calibration_size((k.abs().sum(0) > 0).to(torch.float64))
+        if calib < 2:
+            raise ValueError("estimate_coil_maps: kspace: expected a fully sampled centred "
+                             "calibration square (at least 2 x 2), found none; pass calib=")
+    if isinstance(calib, bool) or not isinstance(calib, int) or not 2 <= calib <= min(h, w):
+        raise ValueError(f"estimate_coil_maps: calib: expected an integer side in [2, "
+                         f"{min(h, w)}] of a sampled centred square, got {calib!r}")
+    win = torch.outer(torch.hann_window(calib, periodic=False, dtype=torch.float64),
+                      torch.hann_window(calib, periodic=False, dtype=torch.float64))
+    h0, w0 = h // 2 - calib // 2, w // 2 - calib // 2
+    low = torch.zeros_like(k)
+    low[:, h0:h0 + calib, w0:w0 + calib] = k[:, h0:h0 + calib, w0:w0 + calib] * win
+    coil = ifft2c(low)
+    rss = coil.abs().pow(2).sum(0).sqrt()
+    if not float(rss.max()) > 0:
+        raise ValueError(f"estimate_coil_maps: kspace: expected signal in the centred "
+                         f"{calib} x {calib} calibration region, got only zeros there")
+    return coil / torch.clamp(rss, min=floor * float(rss.max()))
