@@ -33,7 +33,8 @@ Defaults and why:
   100 digits, 10 epochs, eq. 5 primal per pixel): 0.0370 at one image (784 px) per step,
   0.0354 at 196 px (same 10 s), 0.0489 at 49 px (25 s: per-step overhead and gradient noise).
   It matters for large images (MRI, 80 x 80: 800 px per step instead of 6,400).
-* `init_scale=1e-3`: small seeded Gaussian start (exact zero has no norm gradient).
+* `init_scale=1e-3`: small seeded Gaussian start (exact zero has no norm gradient);
+  `warm_start` (a fitted model with the same generators, or `(v, w)`) replaces it.
 """
 
 from __future__ import annotations
