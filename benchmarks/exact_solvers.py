@@ -1,4 +1,4 @@
-"""Exact solvers for eq. 4 side by side on real MNIST: admm vs CVXPY (Clarabel, ECOS, SCS).
+"""Exact solvers for eq. 4 side by side on real MNIST: ipm and admm vs CVXPY (Clarabel, ECOS, SCS).
 
     PYTHONPATH=. python benchmarks/exact_solvers.py --quick     # 2 digits x 60 patterns
     PYTHONPATH=. python benchmarks/exact_solvers.py             # N x P grid (hours)
@@ -8,7 +8,8 @@ Every solve runs in a child process with a wall-clock limit (`--time-limit`); a 
 refused (CVXPY size guard), fails or times out is recorded as such. Accuracy is
 |f - f_ref| / |f_ref| with f_ref the best CVXPY optimum of that cell (Clarabel first).
 Writes `exact_solvers[_quick].{json,png}` into `--out` (default benchmarks/results) and prints
-a table (not with `--quiet`).
+a table (not with `--quiet`) with each solver's speed-up over CVXPY + Clarabel in that cell
+(`speedup_vs_clarabel`: Clarabel's wall seconds / the solver's, both measured in this run).
 """
 
 from __future__ import annotations
@@ -69,8 +70,10 @@ def run(solver, n_images, n_patterns, beta, opts, limit):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help="one cell: 2 digits x 60 patterns, Clarabel and admm (about 3 min)")
+                    help="one cell: 2 digits x 60 patterns, Clarabel, admm and ipm (about 3 min)")
     ap.add_argument("--time-limit", type=float, default=600.0)
+    ap.add_argument("--solvers", nargs="+", default=["cvxpy", "admm", "ipm"],
+                    choices=["cvxpy", "admm", "ipm"], help="which solvers to run")
     ap.add_argument("--admm-tol", type=float, default=1e-6)
     ap.add_argument("--beta", type=float, default=1e-3)
     ap.add_argument("--out", default=str(OUT), help="results folder (default: %(default)s)")
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         cells = [(n, p) for n in (1, 2, 4, 10) for p in (50, 100, 400)]
         cvx = ["CLARABEL", "ECOS", "SCS"]
+    if "cvxpy" not in args.solvers:
+        cvx = []
     rows = []
     for n_images, n_patterns in cells:
         cell = {"n_images": n_images, "n_pixels": 784 * n_images, "n_patterns": n_patterns}
@@ -97,37 +102,51 @@ def main(argv: list[str] | None = None) -> dict:
             cell[f"cvxpy/{name}"] = run("cvxpy", n_images, n_patterns, args.beta, opts,
                                         args.time_limit)
             say(n_images, n_patterns, name, cell[f"cvxpy/{name}"], flush=True)
-        cell["admm"] = run("admm", n_images, n_patterns, args.beta,
-                           {"tol": args.admm_tol, "max_iter": 10 ** 6, "allow_inaccurate": True,
-                            "time_limit": args.time_limit - 30}, args.time_limit)
-        say(n_images, n_patterns, "admm", cell["admm"], flush=True)
+        if "admm" in args.solvers:
+            cell["admm"] = run("admm", n_images, n_patterns, args.beta,
+                               {"tol": args.admm_tol, "max_iter": 10 ** 6,
+                                "allow_inaccurate": True, "time_limit": args.time_limit - 30},
+                               args.time_limit)
+            say(n_images, n_patterns, "admm", cell["admm"], flush=True)
+        if "ipm" in args.solvers:
+            cell["ipm"] = run("ipm", n_images, n_patterns, args.beta,
+                              {"time_limit": args.time_limit - 30}, args.time_limit)
+            say(n_images, n_patterns, "ipm", cell["ipm"], flush=True)
         refs = [cell[f"cvxpy/{n}"]["objective"] for n in cvx
                 if cell[f"cvxpy/{n}"].get("status") == "optimal"]
         ref = refs[0] if refs else None
         cell["reference_objective"] = ref
-        for key in [k for k in cell if k.startswith(("cvxpy/", "admm"))]:
+        clarabel = cell.get("cvxpy/CLARABEL", {})
+        for key in [k for k in cell if k.startswith(("cvxpy/", "admm", "ipm"))]:
             r = cell[key]
             if ref is not None and "objective" in r:
                 r["relative_error"] = abs(r["objective"] - ref) / abs(ref)
+            if clarabel.get("status") == "optimal" and "wall_seconds" in r and \
+                    r.get("status", "").startswith("optimal"):
+                r["speedup_vs_clarabel"] = clarabel["wall_seconds"] / r["wall_seconds"]
         rows.append(cell)
-    payload = {"beta": args.beta, "sigma": 0.5, "admm_tol": args.admm_tol, "cells": rows}
+    payload = {"beta": args.beta, "sigma": 0.5, "admm_tol": args.admm_tol,
+               "solvers": args.solvers, "cells": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "exact_solvers" + ("_quick" if args.quick else "")
+    tag = "exact_solvers" + ("_quick" if args.quick else "") + (
+        "" if len(args.solvers) == 3 else "_" + "_".join(args.solvers))
     (out / f"{tag}.json").write_text(json.dumps(payload, indent=2))
-    say(f"\n{'N':>6} {'P':>4} {'solver':>16} {'status':>24} {'wall s':>9} {'rel.err':>9}")
+    say(f"\n{'N':>6} {'P':>4} {'solver':>16} {'status':>24} {'wall s':>9} {'rel.err':>9} "
+        f"{'x Clarabel':>10}")
     for c in rows:
-        for k in [k for k in c if k.startswith(("cvxpy/", "admm"))]:
+        for k in [k for k in c if k.startswith(("cvxpy/", "admm", "ipm"))]:
             r = c[k]
             say(f"{c['n_pixels']:>6} {c['n_patterns']:>4} {k:>16} {r['status'][:24]:>24} "
                 f"{r.get('wall_seconds', float('nan')):>9.2f} "
-                f"{r.get('relative_error', float('nan')):>9.2e}")
+                f"{r.get('relative_error', float('nan')):>9.2e} "
+                f"{r.get('speedup_vs_clarabel', float('nan')):>10.1f}")
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, ax = plt.subplots(figsize=(6, 4))
-        for k in ["admm"] + [f"cvxpy/{n}" for n in cvx]:
+        for k in [k for k in ["ipm", "admm"] if k in args.solvers] + [f"cvxpy/{n}" for n in cvx]:
             xs = [c["n_pixels"] * c["n_patterns"] for c in rows if "wall_seconds" in c[k]]
             ys = [c[k]["wall_seconds"] for c in rows if "wall_seconds" in c[k]]
             ax.loglog(xs, ys, "o-", label=k)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from .admm_cones import ConeProx
 from .admm_linear import make_linear_solver
 from .admm_ops import PatternOperators
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
+from .problem import DualProblem, DualSolution, SolveInfo, refuse_or_warn
 
 __all__ = ["AdmmConfig", "AdmmState", "solve_admm"]
 
@@ -186,10 +185,16 @@ def solve_admm(problem: DualProblem, config: AdmmConfig | None = None) -> DualSo
     if threads is None:
         work = problem.n_pixels * problem.n_patterns * problem.patch_dim
         threads = 1 if work <= 5_000_000 else torch.get_num_threads()
+    return run_with_threads(threads, _solve, problem, cfg)
+
+
+def run_with_threads(threads: int, solve, problem: DualProblem, cfg) -> DualSolution:
+    """`solve(problem, cfg)` with torch limited to `threads` (restored after); the count is
+    recorded in `solve_info_.details["num_threads"]`."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        solution = _solve(problem, cfg)
+        solution = solve(problem, cfg)
     finally:
         torch.set_num_threads(before)
     solution.info.details["num_threads"] = threads
@@ -326,12 +331,7 @@ def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
         msg = (f"ADMM stopped with status {status!r} after {it} iterations without reaching "
                f"tol={cfg.tol:g}: relative primal residual {r_pri / e_pri:.3e}, relative dual "
                f"residual {r_dual / e_dual:.3e}")
-        if not cfg.allow_inaccurate:
-            raise ConvexSolverError(msg + "; no solution is returned. Raise max_iter, loosen "
-                                    "tol, or pass allow_inaccurate=True to get the iterate.",
-                                    status)
-        warnings.warn(msg + "; returning the inaccurate iterate (allow_inaccurate=True)",
-                      RuntimeWarning, stacklevel=3)
+        refuse_or_warn(msg, status, cfg.allow_inaccurate)
     # ---- returned point: the group-sparse, cone-feasible copy z
     pred, gz = ops.forward(z)
     obj = (_loss_value(pred - y, loss, dlt) + beta * float(z.norm(dim=1).sum())) * obj_scale

@@ -41,6 +41,7 @@ FIT_SOLVERS: dict[str, tuple[str, str, str]] = {
     "cvxpy": ("convexnn.cvxpy_solver", "solve_cvxpy", "CvxpyConfig"),
     "adam": ("convexnn.adam", "solve_adam", "AdamConfig"),
     "admm": ("convexnn.admm", "solve_admm", "AdmmConfig"),
+    "ipm": ("convexnn.ipm", "solve_ipm", "IpmConfig"),
 }
 
 

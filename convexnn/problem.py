@@ -14,7 +14,7 @@ import torch
 from .losses import Loss
 from .patches import n_pixels, patch_dim
 
-__all__ = ["DualProblem", "DualSolution", "SolveInfo", "ConvexSolverError"]
+__all__ = ["DualProblem", "DualSolution", "SolveInfo", "ConvexSolverError", "refuse_or_warn"]
 
 
 class ConvexSolverError(RuntimeError):
@@ -23,6 +23,18 @@ class ConvexSolverError(RuntimeError):
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+def refuse_or_warn(msg: str, status: str, allow_inaccurate: bool) -> None:
+    """A solver stopped short of its tolerance: raise `ConvexSolverError`, or (opted in with
+    `allow_inaccurate=True`) warn that the inaccurate iterate is returned."""
+    if not allow_inaccurate:
+        raise ConvexSolverError(msg + "; no solution is returned. Raise max_iter, loosen tol, "
+                                "or pass allow_inaccurate=True to get the iterate.", status)
+    import warnings
+
+    warnings.warn(msg + "; returning the inaccurate iterate (allow_inaccurate=True)",
+                  RuntimeWarning, stacklevel=4)
 
 
 @dataclass

@@ -126,7 +126,8 @@ def check(n_examples: int, body, *, deadline: float = 10.0, limit: float = 60.0,
 PENDING_TRAINER: tuple[tuple[type[BaseException], str], ...] = ()
 # refusals of valid-looking input that depend on the data: documented, not faults
 VALID_REFUSALS = (r"all-zero sign pattern|batch_(size|pixels)=\d+ is larger than|lr and rho: "
-                  r"expected values that fit in torch.float32")
+                  r"expected values that fit in torch.float32|solver='ipm': expected "
+                  r"loss='squared'")
 
 
 def check_message(exc: BaseException, names: tuple[str, ...]) -> None:
@@ -368,6 +369,13 @@ SOLVER_OPTIONS = {
         "linear_solver": bad_name(("auto", "direct", "cg")),
         "adapt_every": bad_int(st.integers(1, 5)), "time_limit": bad_number(st.floats(1, 10)),
         "log_every": bad_int(st.integers(1, 5)), "cg_max_iter": bad_int(st.integers(1, 20))}),
+    "ipm": options({"max_iter": bad_int(st.integers(1, 60)),
+                    "allow_inaccurate": st.sampled_from([True, True, False])}, {
+        "tol": bad_number(st.floats(1e-9, 0.5)), "feas_tol": bad_number(st.floats(1e-9, 0.5)),
+        "step_fraction": bad_number(st.floats(0.5, 0.999)),
+        "refine": bad_int(st.integers(0, 3)),
+        "time_limit": bad_number(st.floats(1, 10)),
+        "num_threads": or_none(bad_int(st.integers(1, 2)))}),
     "adam": options({"epochs": bad_int(st.integers(1, 2)),
                      "batch_size": bad_int(st.integers(1, 2)), "progress": st.just(False)}, {
         "lr": bad_number(st.floats(1e-4, 1.0)), "rho": bad_number(st.floats(0.1, 10.0)),
@@ -396,7 +404,7 @@ def _fit_case(solver: str):
     )
 
 
-@pytest.mark.parametrize("solver", ["cvxpy", "admm", "adam"])
+@pytest.mark.parametrize("solver", ["cvxpy", "admm", "ipm", "adam"])
 @fuzz()
 def test_fuzz_dual_fit_predict(solver, n_examples):
     def body(shape, data, kernel_size, n_patterns, beta, loss, residual, faulty):

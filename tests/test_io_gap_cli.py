@@ -95,6 +95,13 @@ def test_cli_fit_and_gap_on_user_files(tmp_path, mnist_digits, capsys):
     code = main(["gap", str(out / "model.safetensors"), "--pairs", str(pairs), "--json"])
     assert code == 0
     assert json.loads(capsys.readouterr().out)["n_pixels"] == 3 * 20 * 20
+    # the interior-point solver through the CLI: same program, same optimum
+    code = main(["fit", "--pairs", str(pairs), "--patterns", "4", "--test-fraction", "0.34",
+                 "--solver", "ipm", "--out", str(tmp_path / "fit_ipm"), "--json", "--quiet"])
+    assert code == 0
+    ipm = json.loads(capsys.readouterr().out)
+    assert ipm["train"]["dual_objective"] == pytest.approx(result["train"]["dual_objective"],
+                                                           rel=1e-6)
 
 
 def test_cli_errors_and_exit_codes(tmp_path, capsys):

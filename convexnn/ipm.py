@@ -1,0 +1,451 @@
+"""Primal-dual interior-point solver for eq. 4 (squared loss): `fit(..., solver="ipm")`.
+
+Eq. 4 with the squared loss is the conic QP (sum scale; `A a = sum_i D_i Yp a_i`, eq. 3)
+
+    min  1/2 ||A (v - w) - y||^2 + beta sum_g t_g
+    s.t. (2 D_i - I) Yp v_i >= 0,  (2 D_i - I) Yp w_i >= 0      (N x 2P linear cone rows)
+         ||u_g||_2 <= t_g  for the 2P groups u = [v; w]          (2P second-order cones)
+
+in the variables `x = (u, t)` (2P d + 2P numbers, d = C k^2: a few thousand for P <= 100).
+It is solved by Mehrotra's predictor-corrector with Nesterov-Todd scaling (the method of
+CVXOPT's `coneqp`, Vandenberghe 2010), written for this structure: the Newton matrix is
+`[[K, -K], [-K, K]] + blockdiag_g(C_g^T diag(z/s) C_g + SOC block)` with `K = A^T A` (the
+streamed Gram, P d x P d) and `C_g` the cone rows of group g; each `t_g` is eliminated in its
+group, leaving one dense Cholesky of size 2 P d per iteration (no N x P Jacobian is formed).
+
+Optimality evidence: at every iterate `s^T z` is the gap between this primal objective and
+the dual objective; the solver stops when the relative gap and both residuals are below `tol`
+/ `feas_tol`, and reports the gap, the lower bound and the residuals in `solve_info_.details`.
+Losses other than squared are refused (use "admm" or "cvxpy"); memory grows as (2 P d)^2, so
+large P is refused with a pointer to "admm" / "adam".
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ._validation import check_in_range, check_int, check_positive
+from .admm import _scales, run_with_threads
+from .admm_ops import PatternOperators
+from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo, refuse_or_warn
+
+__all__ = ["IpmConfig", "solve_ipm"]
+
+
+@dataclass
+class IpmConfig:
+    """Options of `fit(..., solver="ipm")`.
+
+    `tol`: relative duality gap `s^T z / max(1, |objective|)` at which to stop (a certificate:
+    the returned objective is within `tol` of the optimum when the residuals are below
+    `feas_tol`). `max_dim`: largest Newton system `P d` accepted (two dense `(P d)^2` float64
+    matrices); `max_cone_entries`: largest `N x 2P` (about 12 such float64 arrays are live).
+    Not converging within `max_iter` / `time_limit` raises `ConvexSolverError` unless
+    `allow_inaccurate=True` (then a warning is issued and the iterate returned). A numerical
+    breakdown of the Newton matrix after the gap and residuals are below `reduced_tol` returns
+    that iterate with status "optimal_reduced" and a warning (its certificate is reported).
+    """
+
+    tol: float = 1e-8
+    feas_tol: float = 1e-8
+    reduced_tol: float = 1e-6
+    max_iter: int = 200
+    step_fraction: float = 0.99
+    max_dim: int = 6000
+    max_cone_entries: int = 25_000_000
+    refine: int = 2
+    num_threads: int | None = None     # None: torch's current setting
+    device: str | None = None
+    time_limit: float | None = None
+    allow_inaccurate: bool = False
+    verbose: bool = False
+    block_elements: int = 2 ** 24
+
+    def __post_init__(self) -> None:
+        check_in_range(self.tol, "tol", 0.0, 1.0)
+        check_in_range(self.feas_tol, "feas_tol", 0.0, 1.0)
+        check_in_range(self.reduced_tol, "reduced_tol", 0.0, 1.0)
+        check_int(self.max_iter, "max_iter")
+        check_in_range(self.step_fraction, "step_fraction", 0.0, 1.0, low_open=True,
+                       high_open=True)
+        check_int(self.max_dim, "max_dim")
+        check_int(self.max_cone_entries, "max_cone_entries")
+        check_int(self.refine, "refine", 0)
+        check_int(self.block_elements, "block_elements")
+        if self.num_threads is not None:
+            check_int(self.num_threads, "num_threads")
+        if self.time_limit is not None:
+            check_positive(self.time_limit, "time_limit")
+
+
+# ---------------------------------------------------------------------- second-order cones
+# Rows of (G, d + 1) tensors are points (x0, x1) of G second-order cones ||x1|| <= x0.
+def _det(u: torch.Tensor) -> torch.Tensor:
+    """u0^2 - ||u1||^2, as (u0 - ||u1||)(u0 + ||u1||) (no cancellation near the boundary)."""
+    n = u[:, 1:].norm(dim=1)
+    return (u[:, 0] - n) * (u[:, 0] + n)
+
+
+def _jprod(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Jordan product u o v = (u^T v, u0 v1 + v0 u1)."""
+    return torch.cat([(u * v).sum(1, keepdim=True), u[:, :1] * v[:, 1:] + v[:, :1] * u[:, 1:]], 1)
+
+
+def _jdiv(lam: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """x with lam o x = r."""
+    x0 = (lam[:, 0] * r[:, 0] - (lam[:, 1:] * r[:, 1:]).sum(1)) / _det(lam)
+    return torch.cat([x0[:, None], (r[:, 1:] - x0[:, None] * lam[:, 1:]) / lam[:, :1]], 1)
+
+
+def _soc_step(u: torch.Tensor, du: torch.Tensor) -> float:
+    """Largest alpha with u + alpha du in the cones (u in their interior)."""
+    a = _det(du)
+    b = 2.0 * (u[:, 0] * du[:, 0] - (u[:, 1:] * du[:, 1:]).sum(1))
+    c = _det(u)
+    disc = b * b - 4.0 * a * c
+    inf = torch.full_like(c, math.inf)
+    # roots of c + b t + a t^2 in the stable form q / a, c / q (q = -(b + sign(b) sqrt(disc))/2)
+    q = -0.5 * (b + torch.where(b >= 0, 1.0, -1.0) * disc.clamp_min(0).sqrt())
+    r1 = torch.where(a != 0, q / a, inf)
+    r2 = torch.where(q != 0, c / q, inf)
+    r1 = torch.where((r1 > 0) & (disc >= 0), r1, inf)
+    r2 = torch.where((r2 > 0) & (disc >= 0), r2, inf)
+    t = torch.minimum(r1, r2)
+    t0 = torch.where(du[:, 0] < 0, -u[:, 0] / du[:, 0], inf)
+    return float(torch.minimum(t, t0).min()) if u.shape[0] else math.inf
+
+
+def _lp_step(s: torch.Tensor, ds: torch.Tensor) -> float:
+    """Largest alpha with s + alpha ds >= 0 (s > 0)."""
+    if not s.numel():
+        return math.inf
+    worst = float((-ds / s).max())          # alpha_max = 1 / max(-ds / s)
+    return 1.0 / worst if worst > 0 else math.inf
+
+
+class _NtScaling:
+    """Nesterov-Todd scaling W of the SOC part: W z = W^{-1} s = lam (CVXOPT notation)."""
+
+    def __init__(self, s: torch.Tensor, z: torch.Tensor, jd: torch.Tensor) -> None:
+        ds, dz = _det(s).sqrt(), _det(z).sqrt()
+        sb, zb = s / ds[:, None], z / dz[:, None]
+        gam = ((1.0 + (sb * zb).sum(1)) / 2.0).sqrt()
+        wb = (sb + zb * jd) / (2.0 * gam[:, None])
+        e = torch.zeros_like(wb[0])
+        e[0] = 1.0
+        self.v = (wb + e) / (2.0 * (wb[:, :1] + 1.0)).sqrt()     # W-bar = 2 v v^T - J
+        self.eta = (ds / dz).sqrt()
+        self.jd = jd
+        jv = self.v * jd
+        inv = 2.0 * jv[:, :, None] * jv[:, None, :] - torch.diag(jd)[None]
+        self.w2inv = (inv @ inv) / (self.eta ** 2)[:, None, None]  # W^{-2}, (G, d+1, d+1)
+
+    def apply(self, u: torch.Tensor) -> torch.Tensor:
+        return self.eta[:, None] * (2.0 * self.v * (self.v * u).sum(1, keepdim=True)
+                                    - self.jd * u)
+
+    def apply_inv(self, u: torch.Tensor) -> torch.Tensor:
+        jv = self.v * self.jd
+        return (2.0 * jv * (jv * u).sum(1, keepdim=True) - self.jd * u) / self.eta[:, None]
+
+
+# ---------------------------------------------------------------------- problem data
+class _ConeRows:
+    """The non-zero cone rows `c_n = (2 D_in - 1) Yp_n / ||Yp_n||` of every group."""
+
+    def __init__(self, ops: PatternOperators, block_elements: int) -> None:
+        keep = ops.unit_scale > 0
+        self.X = (ops.X[keep] * ops.unit_scale[keep, None]).contiguous()         # (M, d)
+        sgn = 2.0 * ops.masks[keep].to(ops.dtype) - 1.0                           # (M, P)
+        self.sign = torch.cat([sgn, sgn], 1).contiguous()                          # (M, 2P)
+        self.m, self.d = self.X.shape
+        self.step = max(1, block_elements // max(self.d * self.d, 1))
+        self.xx = None
+        if self.m * self.d * self.d <= block_elements:   # row outer products, cached if small
+            self.xx = (self.X[:, :, None] * self.X[:, None, :]).reshape(self.m, self.d * self.d)
+
+    def values(self, u: torch.Tensor) -> torch.Tensor:
+        """`C u`: (M, 2P) for u (2P, d)."""
+        return self.sign * (self.X @ u.T)
+
+    def adjoint(self, z: torch.Tensor) -> torch.Tensor:
+        """`C^T z`: (2P, d) for z (M, 2P)."""
+        return (self.X.T @ (self.sign * z)).T
+
+    def weighted_grams(self, wgt: torch.Tensor) -> torch.Tensor:
+        """`C_g^T diag(wgt_g) C_g` for every group: (2P, d, d), streamed over rows."""
+        if self.xx is not None:
+            return (wgt.T @ self.xx).reshape(-1, self.d, self.d)
+        out = self.X.new_zeros((wgt.shape[1], self.d * self.d))
+        for r0 in range(0, self.m, self.step):
+            x = self.X[r0:r0 + self.step]
+            out.addmm_(wgt[r0:r0 + self.step].T, (x[:, :, None] * x[:, None, :]).reshape(
+                x.shape[0], -1))
+        return out.reshape(-1, self.d, self.d)
+
+
+# ---------------------------------------------------------------------- solver
+def solve_ipm(problem: DualProblem, config: IpmConfig | None = None) -> DualSolution:
+    """Solve eq. 4 (squared loss) to relative duality gap `config.tol`."""
+    cfg = config or IpmConfig()
+    return run_with_threads(cfg.num_threads or torch.get_num_threads(), _solve, problem, cfg)
+
+
+def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
+    t_start = time.perf_counter()
+    if problem.loss.name != "squared":
+        raise ValueError(f"solver='ipm': expected loss='squared' (the only loss it handles), "
+                         f"got loss={problem.loss.name!r}: use solver='admm' or 'cvxpy'")
+    p, d = problem.n_patterns, problem.patch_dim
+    dim, cone = p * d, 2 * p * problem.n_pixels
+    if dim > cfg.max_dim:
+        raise ValueError(f"solver='ipm': the Newton system has P d = {dim} rows (P = {p}, "
+                         f"d = {d}), above max_dim = {cfg.max_dim} ({16 * dim * dim / 1e9:.1f} GB"
+                         f" dense); use solver='admm' or 'adam' at this size, or raise max_dim")
+    if cone > cfg.max_cone_entries:
+        raise ValueError(f"solver='ipm': expected at most max_cone_entries = "
+                         f"{cfg.max_cone_entries} cone rows, got 2 P N = {cone} (P = {p}, N = "
+                         f"{problem.n_pixels}; about {96 * cone / 1e9:.1f} GB of slacks and "
+                         f"duals); use solver='admm' or 'adam' at this size, or raise it")
+    device = torch.device(cfg.device) if cfg.device else problem.noisy.device
+    dt = torch.float64
+    sx, sy = _scales(problem)
+    beta = problem.beta / (sx * sy)
+    ops = PatternOperators(problem.noisy, problem.generators, sx, device, dt,
+                           cfg.block_elements)
+    y = problem.target.to(device=device, dtype=dt).reshape(-1) / sy
+    kg = ops.gram()                                                   # K = A^T A (P d)^2
+    aty = ops.At(y).reshape(-1)
+    yy = 0.5 * float(y @ y)
+    rows = _ConeRows(ops, cfg.block_elements)
+    m, ng = rows.m, 2 * p
+    deg = m * ng + ng
+    jd = torch.ones(d + 1, device=device, dtype=dt)
+    jd[1:] = -1.0
+    e = torch.zeros(d + 1, device=device, dtype=dt)
+    e[0] = 1.0
+    # ---- x = (u, t); slacks / duals: LP (M, 2P), SOC (2P, d + 1); start at (0, e, e)
+    pt = _Point(u=torch.zeros((ng, d), device=device, dtype=dt),
+                t=torch.zeros(ng, device=device, dtype=dt),
+                sl=torch.ones((m, ng), device=device, dtype=dt),
+                zl=torch.ones((m, ng), device=device, dtype=dt),
+                sq=e.repeat(ng, 1), zq=e.repeat(ng, 1))
+    qnorm = max(1.0, float(aty.abs().max()), beta)
+    t_setup = time.perf_counter() - t_start
+    history: list[dict[str, float]] = []
+    status, it = "max_iter", 0
+    reg_used = 0.0
+
+    def kmul(a: torch.Tensor) -> torch.Tensor:
+        ka = (kg @ a.reshape(-1)).reshape(p, d)
+        return torch.cat([ka, -ka])
+
+    gap = pres = dres = rel_gap = float("nan")
+    pobj = float("nan")
+    t_loop = time.perf_counter()
+    for it in range(1, cfg.max_iter + 1):
+        # residuals of  P x + q + G^T z = 0  and  G x + s = 0  (G: -C on u, -I on (t, u))
+        u, t, sl, zl, sq, zq = pt.u, pt.t, pt.sl, pt.zl, pt.sq, pt.zq
+        a = u[:p] - u[p:]
+        ka = kmul(a)
+        res = _Point(u=ka - torch.cat([aty.reshape(p, d), -aty.reshape(p, d)])
+                     - rows.adjoint(zl) - zq[:, 1:], t=beta - zq[:, 0],
+                     sl=sl - rows.values(u), zl=None,
+                     sq=sq - torch.cat([t[:, None], u], 1), zq=None)
+        rxu, rxt, rzl, rzq = res.u, res.t, res.sl, res.sq
+        gap = float((sl * zl).sum() + (sq * zq).sum())
+        mu = gap / deg
+        quad = 0.5 * float((a.reshape(-1) * ka[:p].reshape(-1)).sum())
+        pobj = quad - float(aty @ a.reshape(-1)) + yy + beta * float(t.sum())
+        pres = max(float(rzl.abs().max()) if m else 0.0, float(rzq.abs().max()))
+        dres = max(float(rxu.abs().max()), float(rxt.abs().max())) / qnorm
+        rel_gap = gap / max(1.0, abs(pobj))
+        history.append({"iteration": it - 1, "objective": pobj * sy * sy,
+                        "gap": gap * sy * sy, "relative_gap": rel_gap,
+                        "r_primal": pres, "r_dual": dres,
+                        "seconds": time.perf_counter() - t_start})
+        if cfg.verbose:
+            print(f"ipm {it - 1:3d} obj {pobj * sy * sy:.12g} gap {rel_gap:.2e} "
+                  f"pres {pres:.1e} dres {dres:.1e}")
+        if rel_gap <= cfg.tol and pres <= cfg.feas_tol and dres <= cfg.feas_tol:
+            status = "optimal"
+            it -= 1
+            break
+        if cfg.time_limit is not None and time.perf_counter() - t_start > cfg.time_limit:
+            status = "time_limit"
+            it -= 1
+            break
+        if not all(map(math.isfinite, (gap, pres, dres, pobj))):
+            status = "numerical_error"
+            break
+        # ---- scaling, the reduced Newton matrix, predictor and Mehrotra corrector
+        try:
+            lin = _Linearization(pt, res, rows, kg, jd, p, cfg.refine)
+        except ConvexSolverError:
+            status = "numerical_error"
+            break
+        reg_used = max(reg_used, lin.solve_x.regularization)
+        slzl = pt.sl * pt.zl
+        lam2 = _jprod(lin.lam_q, lin.lam_q)
+        aff = lin.newton(-slzl, -lam2)
+        alpha_aff = min(1.0, lin.max_step(aff))
+        sigma = (1.0 - alpha_aff) ** 3
+        corr_q = _jprod(lin.nt.apply_inv(aff.sq), lin.nt.apply(aff.zq))
+        step = lin.newton(-slzl - aff.sl * aff.zl + sigma * mu, -lam2 - corr_q + sigma * mu * e)
+        alpha = min(1.0, cfg.step_fraction * lin.max_step(step))
+        pt = pt.moved(step, alpha)
+        history[-1]["step"] = alpha
+    t_solve = time.perf_counter() - t_loop
+    if status == "numerical_error" and max(rel_gap, pres, dres) <= cfg.reduced_tol:
+        status = "optimal_reduced"        # the last iterate's own certificate, reported
+        warnings.warn(f"IPM: the Newton matrix broke down after {it} iterations at relative "
+                      f"gap {rel_gap:.2e}, residuals {pres:.1e} / {dres:.1e} (<= reduced_tol "
+                      f"{cfg.reduced_tol:g}, above tol {cfg.tol:g}); returning that iterate "
+                      f"with status 'optimal_reduced'", RuntimeWarning, stacklevel=3)
+    elif status != "optimal":
+        msg = (f"IPM stopped with status {status!r} after {it} iterations without reaching "
+               f"tol={cfg.tol:g}: relative gap {rel_gap:.3e}, primal residual {pres:.3e}, "
+               f"dual residual {dres:.3e}")
+        refuse_or_warn(msg, status, cfg.allow_inaccurate)
+    u = pt.u
+    back = sy / sx
+    shape = tuple(problem.generators.shape)
+    v = (u[:p] * back).reshape(shape).cpu()
+    w = (u[p:] * back).reshape(shape).cpu()
+    cu = rows.values(u)
+    top = float(cu.abs().max()) if cu.numel() else 0.0
+    obj_scale = sy * sy
+    details: dict[str, Any] = {
+        "relative_gap": rel_gap, "gap": gap * obj_scale,
+        "lower_bound": (pobj - gap) * obj_scale, "r_primal": pres, "r_dual": dres,
+        "relative_violation_internal": float((-cu).clamp_min(0).max()) / top if top else 0.0,
+        "regularization": reg_used, "newton_dim": dim, "cone_rows": m * ng,
+        "device": str(device), "x_scale": sx, "y_scale": sy,
+        "n_pixels": ops.n_pixels, "n_patterns": p,
+    }
+    info = SolveInfo(solver="ipm", status=status, setup_seconds=t_setup, solve_seconds=t_solve,
+                     total_seconds=time.perf_counter() - t_start, iterations=it,
+                     reported_objective=pobj * obj_scale, details=details)
+    return DualSolution(v, w, info, history)
+
+
+@dataclass
+class _Point:
+    """An iterate (or a direction, or residuals): x = (u, t), LP and SOC slacks and duals."""
+
+    u: torch.Tensor          # (2P, d)
+    t: torch.Tensor          # (2P,)
+    sl: torch.Tensor         # (M, 2P)
+    zl: torch.Tensor | None
+    sq: torch.Tensor         # (2P, d + 1)
+    zq: torch.Tensor | None
+
+    def moved(self, step: _Point, alpha: float) -> _Point:
+        return _Point(*(x + alpha * dx for x, dx in zip(
+            (self.u, self.t, self.sl, self.zl, self.sq, self.zq),
+            (step.u, step.t, step.sl, step.zl, step.sq, step.zq), strict=True)))
+
+
+class _Linearization:
+    """Nesterov-Todd scaling at an iterate and the Newton step for a complementarity rhs."""
+
+    def __init__(self, pt: _Point, res: _Point, rows: _ConeRows, kg: torch.Tensor,
+                 jd: torch.Tensor, p: int, refine: int) -> None:
+        self.pt, self.res, self.rows = pt, res, rows
+        self.ratio = pt.zl / pt.sl                               # LP part: W^{-2} = diag(z / s)
+        self.nt = _NtScaling(pt.sq, pt.zq, jd)
+        self.lam_q = self.nt.apply(pt.zq)
+        w2 = self.nt.w2inv
+        btt, btu = w2[:, 0, 0], w2[:, 0, 1:]
+        blk = w2[:, 1:, 1:] + rows.weighted_grams(self.ratio)
+        blk = blk - btu[:, :, None] * btu[:, None, :] / btt[:, None, None]    # t eliminated
+        self.solve_x = _NewtonSolver(kg, blk, btt, btu, p, refine=refine)
+        self.zr = res.sl * self.ratio
+
+    def newton(self, rcl: torch.Tensor, rcq: torch.Tensor) -> _Point:
+        """Solves the KKT system for `lam o (W dz + W^{-1} ds) = r_c` (CVXOPT's coneqp)."""
+        pt, res, rows, nt = self.pt, self.res, self.rows, self.nt
+        dsq = _jdiv(self.lam_q, rcq)                             # d_s = lam^{-1} o r_c
+        vl = self.zr + rcl / pt.sl                               # LP: (z r_z + r_c) / s
+        vq = nt.apply_inv(nt.apply_inv(res.sq) + dsq)            # W^{-1}(W^{-1} r_z + d_s)
+        du, dt = self.solve_x(-res.u + rows.adjoint(vl) + vq[:, 1:], -res.t + vq[:, 0])
+        dsl = rows.values(du) - res.sl                           # ds = -(G dx + r_z)
+        dsq_ = torch.cat([dt[:, None], du], 1) - res.sq
+        dzl = vl - self.zr - self.ratio * dsl                    # W^{-2}(G dx + r_z) + ...
+        dzq = nt.apply_inv(dsq - nt.apply_inv(dsq_))             # W^{-1}(d_s - W^{-1} ds)
+        return _Point(du, dt, dsl, dzl, dsq_, dzq)
+
+    def max_step(self, d: _Point) -> float:
+        pt = self.pt
+        return min(_lp_step(pt.sl, d.sl), _lp_step(pt.zl, d.zl), _soc_step(pt.sq, d.sq),
+                   _soc_step(pt.zq, d.zq))
+
+
+class _NewtonSolver:
+    """Solves `H du = r` for `H = J^T K J + blockdiag(S_g)`, `J = [I, -I]` (u = [v; w]).
+
+    In `a = v - w`, `b = v + w` (`Sigma = S_v + S_w`, `Delta = S_v - S_w` per pattern):
+
+        [[K + Sigma/4, Delta/4], [Delta/4, Sigma/4]] [a; b] = [(r_v - r_w)/2; (r_v + r_w)/2]
+
+    `b` is eliminated per pattern, leaving `(K + S_v Sigma^{-1} S_w) a = ...`: one Cholesky of
+    size P d (not 2 P d) and only `Sigma^{-1}`, which stays usable when `S_v` or `S_w` alone is
+    singular to working precision (a solve through `S_v^{-1}`, `S_w^{-1}` lost every digit near
+    the optimum in our runs). Each solve is refined against `H` itself.
+    """
+
+    def __init__(self, kg, blk, btt, btu, p: int, refine: int) -> None:
+        self.kg, self.blk, self.btt, self.btu, self.p, self.refine = kg, blk, btt, btu, p, refine
+        d = blk.shape[-1]
+        sv, sw = blk[:p], blk[p:]
+        self.delta = sv - sw
+        self.lsig, r1 = _cholesky(sv + sw)
+        finv = sv @ torch.cholesky_solve(sw, self.lsig)         # S_v Sigma^{-1} S_w
+        m = kg.clone()
+        gi = torch.arange(p, device=kg.device)
+        m.view(p, d, p, d)[gi, :, gi, :] += 0.5 * (finv + finv.transpose(1, 2))
+        (self.lm,), r2 = _cholesky(m[None])
+        self.regularization = max(r1, r2)
+
+    def _solve_u(self, ru: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        ra, rb = 0.5 * (ru[:p] - ru[p:]), 0.5 * (ru[:p] + ru[p:])
+        sig_rb = torch.cholesky_solve(rb[:, :, None], self.lsig)                 # Sigma^-1 r_b
+        rhs = ra - (self.delta @ sig_rb)[:, :, 0]
+        a = torch.cholesky_solve(rhs.reshape(-1, 1), self.lm).reshape(p, -1)
+        b = torch.cholesky_solve(4.0 * rb[:, :, None] - self.delta @ a[:, :, None],
+                                 self.lsig)[:, :, 0]
+        return torch.cat([0.5 * (a + b), 0.5 * (b - a)])
+
+    def apply(self, du: torch.Tensor) -> torch.Tensor:
+        p = self.p
+        ka = (self.kg @ (du[:p] - du[p:]).reshape(-1)).reshape(p, -1)
+        return torch.cat([ka, -ka]) + torch.einsum("gij,gj->gi", self.blk, du)
+
+    def __call__(self, ru: torch.Tensor, rt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ru = ru - self.btu * (rt / self.btt)[:, None]
+        du = self._solve_u(ru)
+        for _ in range(self.refine):   # iterative refinement against H itself
+            du = du + self._solve_u(ru - self.apply(du))
+        return du, (rt - (self.btu * du).sum(1)) / self.btt
+
+
+def _cholesky(h: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Cholesky factors of a batch of SPD matrices, with the smallest diagonal shift (relative
+    to each matrix's largest diagonal entry) that works for all of them."""
+    scale = h.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-300)
+    for reg in (0.0, 1e-14, 1e-12, 1e-10, 1e-8):
+        hh = h if reg == 0.0 else h + (reg * scale)[..., None, None] * torch.eye(
+            h.shape[-1], dtype=h.dtype, device=h.device)
+        chol, info = torch.linalg.cholesky_ex(hh)
+        if not bool((info != 0).any()):
+            return chol, reg
+    raise ConvexSolverError("solver='ipm': the Newton matrix is not positive definite even "
+                            "with a 1e-8 relative diagonal shift (numerical breakdown)",
+                            "numerical_error")

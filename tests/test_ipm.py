@@ -1,0 +1,155 @@
+"""Interior-point solver for eq. 4 (convexnn.ipm): agreement with CVXPY, certificate, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from convexnn import ConvexDualDenoiser, ConvexSolverError
+from convexnn.certificate import certify, enumerate_generators_2d
+from convexnn.ipm import IpmConfig, _soc_step, solve_ipm
+
+
+def _data(seed=0, n=1, h=6, channels=1):
+    rng = np.random.default_rng(seed)
+    clean = rng.standard_normal((n, 1, h, h))
+    noisy = np.concatenate([clean + 0.5 * rng.standard_normal(clean.shape)]
+                           + [rng.standard_normal(clean.shape) for _ in range(channels - 1)], 1)
+    return noisy, clean
+
+
+@pytest.fixture(scope="module")
+def reference():
+    noisy, clean = _data()
+    ref = ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="cvxpy")
+    return noisy, clean, ref
+
+
+def test_matches_cvxpy_with_certified_gap(reference):
+    noisy, clean, ref = reference
+    m = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).fit(noisy, clean, solver="ipm")
+    info = m.solve_info_
+    assert info.status == "optimal" and info.solver == "ipm"
+    assert abs(m.objective_ - ref.objective_) <= 1e-7 * abs(ref.objective_)
+    assert m.constraint_violation(noisy).relative <= 1e-9
+    # the duality gap is a certificate: lower bound <= optimum <= returned objective
+    d = info.details
+    assert d["relative_gap"] <= 1e-8 and d["r_primal"] <= 1e-9 and d["r_dual"] <= 1e-9
+    assert d["lower_bound"] <= ref.objective_ * (1 + 1e-9) <= m.objective_ * (1 + 2e-9)
+    assert m.objective_ - d["lower_bound"] <= 1e-7 * abs(m.objective_)
+    # history: one row per iteration, the gap ends 6+ orders of magnitude below the start
+    h = m.history_
+    assert len(h) == info.iterations + 1
+    assert {"objective", "gap", "relative_gap", "r_primal", "r_dual"} <= set(h[-1])
+    assert h[-1]["relative_gap"] < 1e-6 * h[0]["relative_gap"]
+
+
+def test_two_channels_and_sum_of_parts_matches_cvxpy():
+    noisy, clean = _data(seed=2, n=2, h=5, channels=2)
+    ref = ConvexDualDenoiser(n_patterns=6, beta=0.2).fit(noisy, clean, solver="cvxpy")
+    m = ConvexDualDenoiser(beta=0.2, generators=ref.generators_).fit(noisy, clean,
+                                                                     solver="ipm")
+    assert abs(m.objective_ - ref.objective_) <= 1e-7 * abs(ref.objective_)
+    # the prediction is eq. 4's: same as the CVXPY solution's to solver accuracy
+    assert torch.allclose(m.predict(noisy), ref.predict(noisy), atol=1e-5)
+
+
+def test_enumerable_problem_certificate_closes():
+    """All sign patterns (k = 1, 2 channels): the external certificate of convexnn.certificate
+    (a scaled dual point, exact per-pattern check) agrees with the IPM's own gap."""
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((1, 1, 4, 4))
+    noisy = np.concatenate([clean + 0.5 * rng.standard_normal(clean.shape),
+                            rng.standard_normal(clean.shape)], 1)
+    g = enumerate_generators_2d(torch.from_numpy(noisy))
+    m = ConvexDualDenoiser(kernel_size=1, beta=0.1, generators=g).fit(noisy, clean,
+                                                                      solver="ipm")
+    cert = certify(m, noisy, clean, check="exact")
+    assert cert.lower_bound <= m.objective_ + 1e-9
+    assert cert.certified_gap <= 1e-6
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_poorly_scaled_data_gives_scaled_solution(reference, scale):
+    noisy, clean, ref = reference
+    a = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).fit(noisy, clean,
+                                                                     solver="ipm")
+    b = ConvexDualDenoiser(beta=0.3 * scale * scale, generators=ref.generators_).fit(
+        noisy * scale, clean * scale, solver="ipm")
+    assert b.solve_info_.status == "optimal"
+    assert abs(b.objective_ / scale ** 2 - a.objective_) <= 1e-7 * abs(a.objective_)
+    assert torch.allclose(b.v_, a.v_, atol=1e-5 * float(a.v_.abs().max()))
+
+
+def test_max_iter_raises_and_allow_inaccurate_warns(reference):
+    noisy, clean, ref = reference
+    pb = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).make_problem(noisy, clean)
+    with pytest.raises(ConvexSolverError) as err:
+        solve_ipm(pb, IpmConfig(max_iter=3))
+    assert err.value.status == "max_iter" and "relative gap" in str(err.value)
+    with pytest.warns(RuntimeWarning, match="inaccurate"):
+        sol = solve_ipm(pb, IpmConfig(max_iter=3, allow_inaccurate=True))
+    assert sol.info.status == "max_iter" and sol.info.details["relative_gap"] > 1e-8
+
+
+def test_refuses_other_losses_and_large_systems():
+    noisy, clean = _data()
+    with pytest.raises(ValueError, match="expected loss='squared'"):
+        ConvexDualDenoiser(n_patterns=4, beta=0.3, loss="l1").fit(noisy, clean, solver="ipm")
+    with pytest.raises(ValueError, match="max_dim"):
+        ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="ipm", max_dim=50)
+    with pytest.raises(ValueError, match="max_cone_entries"):
+        ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="ipm",
+                                                       max_cone_entries=100)
+
+
+@pytest.mark.parametrize("kw", [dict(tol=0.0), dict(tol=2.0), dict(max_iter=0),
+                                dict(step_fraction=1.0), dict(refine=-1),
+                                dict(time_limit=-1.0), dict(max_dim=1.5)])
+def test_bad_config(kw):
+    with pytest.raises((ValueError, TypeError)):
+        IpmConfig(**kw)
+
+
+def test_soc_step_is_the_boundary():
+    rng = np.random.default_rng(3)
+    u = torch.from_numpy(rng.standard_normal((200, 4)))
+    u[:, 0] = u[:, 1:].norm(dim=1) + torch.from_numpy(rng.uniform(0.1, 1.0, 200))  # interior
+    du = torch.from_numpy(rng.standard_normal((200, 4)))
+    def inside(i, t):
+        return float(u[i, 0] + t * du[i, 0]) >= float((u[i, 1:] + t * du[i, 1:]).norm()) - 1e-12
+
+    for i in range(200):
+        a = _soc_step(u[i:i + 1], du[i:i + 1])
+        if np.isfinite(a):
+            assert inside(i, 0.999 * a) and not inside(i, 1.001 * a)
+        else:
+            assert all(inside(i, t) for t in (1.0, 10.0, 1e3))
+
+
+def test_pattern_growth_with_ipm():
+    """Column generation with exact re-solves: the objective never rises, every round adds
+    patterns whose gated price exceeded beta, and a bad solver name is refused."""
+    from convexnn.growth import grow_patterns
+
+    noisy, clean = _data(seed=1, n=2, h=6)
+    base = ConvexDualDenoiser(n_patterns=4, beta=0.3, seed=0).fit(noisy, clean, solver="ipm")
+    res = grow_patterns(base, noisy, clean, rounds=3, add_per_round=4, n_candidates=2000,
+                        solver="ipm")
+    objs = [h["objective"] for h in res.history]
+    assert len(objs) >= 2 and objs[-1] < objs[0]
+    assert all(b <= a * (1 + 1e-8) for a, b in zip(objs, objs[1:], strict=False))
+    assert res.model.generators_.shape[0] > base.generators_.shape[0]
+    assert res.model.solve_info_.solver == "ipm"
+    with pytest.raises(ValueError, match="solver"):
+        grow_patterns(base, noisy, clean, solver="adam")
+
+
+def test_streamed_rows_give_the_same_solution(reference):
+    """block_elements below the cached size streams the row products (large images): same
+    iterates up to rounding."""
+    noisy, clean, ref = reference
+    a = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).fit(noisy, clean, solver="ipm")
+    b = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).fit(noisy, clean, solver="ipm",
+                                                                     block_elements=50)
+    assert b.solve_info_.iterations == a.solve_info_.iterations
+    assert abs(b.objective_ - a.objective_) <= 1e-10 * abs(a.objective_)
