@@ -23,6 +23,33 @@ from _mnist_common import (  # noqa: E402
 )
 
 
+def plot(rows: list[dict], sigmas: list[float], path: Path) -> None:
+    """Objective (mean) against P, dual vs the primal, one panel per sigma (Fig. 10)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(sigmas), figsize=(5 * len(sigmas), 3.5), squeeze=False)
+    for ax, sigma in zip(axes[0], sigmas, strict=True):
+        sel = [r for r in rows if r["sigma"] == sigma]
+        for split in ("train", "test"):
+            ax.plot([r["patterns"] for r in sel],
+                    [r[f"{split}_dual_rebuilt_primal_mean"] for r in sel], "o-",
+                    label=f"dual {split}")
+            ax.axhline(sel[0][f"{split}_primal_mean"], ls="--", color="k" if split == "train"
+                       else "gray", label=f"primal {split}")
+        ax.set_xscale("log")
+        ax.set_xticks([r["patterns"] for r in sel], [str(r["patterns"]) for r in sel])
+        ax.minorticks_off()
+        ax.set_xlabel("sampled sign patterns P")
+        ax.set_ylabel("objective (mean)")
+        ax.set_title(f"sigma = {sigma:g}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
@@ -61,27 +88,7 @@ def main(argv=None) -> dict:
     write_json(out / f"{tag}.json", {"experiment": "mnist_pattern_ablation", "quick": a.quick,
                                      "n_train": a.n_train, "n_test": a.n_test,
                                      "primal_filters": a.filters, "rows": rows})
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(a.sigma), figsize=(5 * len(a.sigma), 3.5), squeeze=False)
-    for ax, sigma in zip(axes[0], a.sigma, strict=True):
-        sel = [r for r in rows if r["sigma"] == sigma]
-        for split in ("train", "test"):
-            ax.plot([r["patterns"] for r in sel],
-                    [r[f"{split}_dual_rebuilt_primal_mean"] for r in sel], "o-",
-                    label=f"dual {split}")
-            ax.axhline(sel[0][f"{split}_primal_mean"], ls="--", color="k" if split == "train"
-                       else "gray", label=f"primal {split}")
-        ax.set_xscale("log")
-        ax.set_xlabel("sampled sign patterns P")
-        ax.set_ylabel("objective (mean)")
-        ax.set_title(f"sigma = {sigma:g}")
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / f"{tag}.png", dpi=80)
-    plt.close(fig)
+    plot(rows, a.sigma, out / f"{tag}.png")
     return {"rows": rows}
 
 
