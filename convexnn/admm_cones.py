@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import nnls
 
 from .admm_ops import PatternOperators
 
@@ -38,6 +37,8 @@ class ConeProx:
         if rows.size == 0:
             return c
         b = self.xn[rows] * self.sign[rows, j % self.ops.n_patterns][:, None]   # (|W|, d)
+        from scipy.optimize import nnls  # lazy: scipy.optimize costs 0.3 s to import
+
         mu, _ = nnls(b.T, -c, maxiter=50 * max(rows.size, 10))
         self.nnls_calls += 1
         keep = mu > 0

@@ -79,6 +79,22 @@ class TwoLayerConvDenoiser(nn.Module):
             out = out + x
         return out
 
+    def dual_point(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This network as a point of eq. 4: `(generators, v, w)`, each `(m, C, k, k)` float64.
+
+        Neuron j gives the generator `u_j` (its pattern `D_j = 1[Yp u_j >= 0]`) and
+        `v_j = max(alpha_j, 0) u_j`, `w_j = max(-alpha_j, 0) u_j`, so `D_j Yp (v_j - w_j) =
+        (Yp u_j)_+ alpha_j`: the same predictions, every cone constraint of eq. 4 holds exactly
+        (`(2 D_j - I) Yp u_j >= 0`), and the group norms sum to `sum_j |alpha_j| ||u_j||`, at
+        most the eq. 2 weight decay `1/2 sum_j (||u_j||^2 + alpha_j^2)` (equal when the layers
+        are balanced). Use it to seed the dual with this network's patterns (`generators=`,
+        `dedupe=False`, and `warm_start=(v, w)`).
+        """
+        with torch.no_grad():
+            u = self.conv1.weight.detach().to("cpu", torch.float64).clone()
+            alpha = self.conv2.weight.detach().to("cpu", torch.float64).reshape(-1, 1, 1, 1)
+        return u, alpha.clamp_min(0) * u, (-alpha).clamp_min(0) * u
+
     def weight_decay(self) -> torch.Tensor:
         """`||U||_F^2 + ||alpha||^2` (the bracket of eq. 2)."""
         return self.conv1.weight.pow(2).sum() + self.conv2.weight.pow(2).sum()

@@ -68,7 +68,9 @@ def write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
 
 
-def plot_curves(path: Path, primal_hist, dual_hist, title: str) -> None:
+def plot_curves(path: Path, primal_hist, dual_hist, title: str, hlines=None) -> None:
+    """Objective vs epoch per split; `hlines` {label: {"train": y, "test": y}} adds levels
+    (e.g. an exact solver's optimum, which has no epochs)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -82,6 +84,8 @@ def plot_curves(path: Path, primal_hist, dual_hist, title: str) -> None:
             pts = [(r["epoch"], r[key]) for r in hist if key in r]
             if pts:
                 ax.plot(*zip(*pts, strict=True), label=label, marker="." if len(pts) < 30 else None)
+        for i, (label, ys) in enumerate((hlines or {}).items()):
+            ax.axhline(ys[split], color=f"C{3 + i}", linestyle="--", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{split} objective (mean)")
         ax.set_yscale("log")

@@ -14,7 +14,16 @@ Split: slices 0-7 train, 8-9 test (held out; 10 slices is all we have, so there 
 cross-validation; the training set is augmented with the 4 flips, and we say so). PSNR/SSIM
 are computed on the magnitude of the complex output against the clean magnitude.
 
-    PYTHONPATH=. python experiments/mri_dual.py --accel 4           # Done-when run (R = 4)
+Two ways to solve the dual: `--dual-solver adam` (default; the paper's hinge-penalised Adam on
+`--patterns` random patterns) and `--dual-solver ipm`: eq. 4 solved *exactly* (convexnn.ipm,
+duality-gap certificate) over the `--ipm-patterns` strongest neurons of the trained primal
+(`TwoLayerConvDenoiser.dual_point`, ranked by |alpha_j| ||u_j||). `--dual-seed primal` starts
+Adam from the primal's own point instead. The primal is saved next to the JSON
+(`..._primal<m>_e<epochs>_seed<s>.safetensors` + `.history.json`); `--reuse-primal` loads it.
+
+    PYTHONPATH=. python experiments/mri_dual.py --accel 4           # Adam dual (R = 4)
+    PYTHONPATH=. python experiments/mri_dual.py --accel 4 --no-augment --batch-size 2 \
+        --dual-solver ipm --ipm-patterns 150                        # exact dual (R = 4)
     PYTHONPATH=. python experiments/mri_dual.py                     # R = 2, 4, 8
     PYTHONPATH=. python experiments/mri_dual.py --quick             # CI-sized
 """
@@ -22,6 +31,7 @@ are computed on the magnitude of the complex output against the clean magnitude.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -37,7 +47,9 @@ from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser  # noqa: E402
 from convexnn.adam import AdamConfig  # noqa: E402
 from convexnn.data.restoration import load_mri_slices  # noqa: E402
 from convexnn.interpret import path_sparsity, save_filter_figure  # noqa: E402
-from convexnn.io import save_model  # noqa: E402
+from convexnn.io import load_model, save_model  # noqa: E402
+from convexnn.ipm import IpmConfig  # noqa: E402
+from convexnn.patterns import sample_generators  # noqa: E402
 from convexnn.train_primal import PrimalTrainConfig, train_primal  # noqa: E402
 from solvers.history import psnr, ssim  # noqa: E402
 from solvers.operators import MRI, poisson_disc_mask  # noqa: E402
@@ -101,26 +113,69 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
     npix = xtr.shape[0] * xtr.shape[2] * xtr.shape[3]
     beta = a.beta_mean * npix
     torch.manual_seed(a.seed)
-    primal = TwoLayerConvDenoiser(n_filters=a.filters, kernel_size=KERNEL, residual=True)
-    # Kaiming-uniform weights of 1,024 x 7 x 7 filters carry an eq. 2 weight decay of about
-    # 1.7e-3 per pixel at beta = 1e-5 x pixels, above the dual's whole optimum: scale them down
-    with torch.no_grad():
-        for w in primal.parameters():
-            w.mul_(a.primal_init_scale)
     t = time.perf_counter()
-    pres = train_primal(primal, xtr, ytr, PrimalTrainConfig(
-        beta=beta, lr=a.primal_lr, epochs=a.epochs_primal, batch_size=a.batch_size, seed=a.seed,
-        progress=not a.quiet, eval_every=a.eval_every, device="cpu"), eval_set=(xte, yte))
+    saved = Path(a.out) / f"mri_dual_{a.size}px_R{accel:g}_primal{a.filters}_e{a.epochs_primal}" \
+                          f"_seed{a.seed}.safetensors"
+    hist_file = saved.with_suffix(".history.json")
+    if a.reuse_primal and saved.is_file():
+        primal, primal_epochs = load_model(saved), None
+        primal_history = json.loads(hist_file.read_text()) if hist_file.is_file() else []
+    else:
+        primal = TwoLayerConvDenoiser(n_filters=a.filters, kernel_size=KERNEL, residual=True)
+        # Kaiming-uniform weights of 1,024 x 7 x 7 filters carry an eq. 2 weight decay of about
+        # 1.7e-3 per pixel at beta = 1e-5 x pixels, above the dual's whole optimum: scale down
+        with torch.no_grad():
+            for w in primal.parameters():
+                w.mul_(a.primal_init_scale)
+        pres = train_primal(primal, xtr, ytr, PrimalTrainConfig(
+            beta=beta, lr=a.primal_lr, epochs=a.epochs_primal, batch_size=a.batch_size,
+            patience=a.primal_patience, seed=a.seed, progress=not a.quiet,
+            eval_every=a.eval_every, device="cpu"),
+            eval_set=(xte, yte))
+        primal_history, primal_epochs = pres.history, pres.epochs_run
+        if not a.quick:
+            save_model(primal, saved)
+            hist_file.write_text(json.dumps(primal_history))
     t_primal = time.perf_counter() - t
-    dual = ConvexDualDenoiser(kernel_size=KERNEL, n_patterns=a.patterns, beta=beta,
-                              residual=True, seed=a.seed)
-    t = time.perf_counter()
-    dual.fit(xtr, ytr, solver="adam", eval_set=(xte, yte), config=AdamConfig(
-        epochs=a.epochs_dual, batch_size=min(a.dual_batch_size or a.batch_size, xtr.shape[0]),
-        batch_pixels=a.dual_batch_pixels,
-        seed=a.seed, progress=not a.quiet,
-        eval_every=a.eval_every, device="cpu"))
-    t_dual = time.perf_counter() - t
+    warm = None
+    if a.dual_solver == "ipm":
+        # exact eq. 4 over the trained primal's K strongest neurons (|alpha_j| ||u_j||): the
+        # convex program's optimum over those patterns, with its duality-gap certificate
+        g, v, w = primal.dual_point()
+        strength = (v - w).flatten(1).norm(dim=1)
+        top = torch.argsort(strength, descending=True)[:a.ipm_patterns]
+        dual = ConvexDualDenoiser(kernel_size=KERNEL, beta=beta, residual=True,
+                                  generators=g[top], dedupe=False)
+        t = time.perf_counter()
+        dual.fit(xtr, ytr, solver="ipm", eval_set=(xte, yte), config=IpmConfig(
+            tol=a.ipm_tol, feas_tol=min(1e-8, a.ipm_tol), verbose=not a.quiet,
+            max_dim=10_000, max_cone_entries=60_000_000))
+        t_dual = time.perf_counter() - t
+        pruned = TwoLayerConvDenoiser.from_weights(
+            primal.conv1.weight.detach()[top], primal.conv2.weight.detach().reshape(-1)[top],
+            residual=True)
+    elif a.dual_seed == "primal":
+        # the trained primal's neurons as the first patterns, and its point as the start
+        # (primal.dual_point: feasible, dual objective <= eq. 2); the rest random Gaussian
+        g, v, w = primal.dual_point()
+        extra = max(0, a.patterns - g.shape[0])
+        gx = sample_generators(extra, 1, KERNEL, a.seed) if extra else g[:0]
+        small = 1e-3 * sample_generators(2 * extra, 1, KERNEL, a.seed + 1) if extra else g[:0]
+        generators = torch.cat([g, gx])
+        warm = (torch.cat([v, small[:extra]]), torch.cat([w, small[extra:]]))
+        dual = ConvexDualDenoiser(kernel_size=KERNEL, beta=beta, residual=True,
+                                  generators=generators, dedupe=False)
+    else:
+        dual = ConvexDualDenoiser(kernel_size=KERNEL, n_patterns=a.patterns, beta=beta,
+                                  residual=True, seed=a.seed)
+    if a.dual_solver == "adam":
+        t = time.perf_counter()
+        dual.fit(xtr, ytr, solver="adam", eval_set=(xte, yte), config=AdamConfig(
+            epochs=a.epochs_dual,
+            batch_size=min(a.dual_batch_size or a.batch_size, xtr.shape[0]),
+            batch_pixels=a.dual_batch_pixels, lr_scale=a.dual_lr_scale, warm_start=warm,
+            seed=a.seed, progress=not a.quiet, eval_every=a.eval_every, device="cpu"))
+        t_dual = time.perf_counter() - t
     rebuilt = dual.to_primal().float()
     objectives = {}
     # eq. 2 = data term + beta/2 (||U||^2 + ||alpha||^2); split so the gap can be attributed
@@ -143,10 +198,20 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
            "beta": beta, "n_train_examples": int(xtr.shape[0]),
            "n_test_examples": int(xte.shape[0]), "objectives": objectives,
            "test_magnitude_scores": scores, "primal_seconds": t_primal, "dual_seconds": t_dual,
-           "primal_epochs": pres.epochs_run, "dual_epochs": dual.solve_info_.details["epochs_run"],
+           "primal_epochs": primal_epochs, "primal_reused": primal_epochs is None,
+           "dual_epochs": dual.solve_info_.details.get("epochs_run"),
            "dual_violation_relative": dual.constraint_violation(xtr).relative,
-           "primal_history": pres.history, "dual_history": dual.history_}
+           "primal_history": primal_history, "dual_history": dual.history_}
     images = {"zero_filled": xte, "primal": pred_p, "dual": pred_d, "clean": yte, "mask": mask}
+    if a.dual_solver == "ipm":
+        det = dual.solve_info_.details
+        row["ipm"] = {"status": dual.solve_info_.status, "iterations": dual.solve_info_.iterations,
+                      "n_patterns": a.ipm_patterns, "relative_gap": det["relative_gap"],
+                      "lower_bound_mean": det["lower_bound"] / npix,
+                      "objective_mean": dual.objective_ / npix}
+        for name, (x, y) in {"train": (xtr, ytr), "test": (xte, yte)}.items():
+            n = x.shape[0] * x.shape[2] * x.shape[3]
+            objectives[name]["pruned_primal_mean"] = pruned.objective(x, y, beta) / n
     row["dual_path_sparsity"] = {k: v for k, v in path_sparsity(dual).to_dict().items()
                                  if k != "top_norms"}
     return row, images, dual
@@ -190,6 +255,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--primal-lr", type=float, default=1e-3)
     ap.add_argument("--primal-init-scale", type=float, default=0.1,
                     help="multiply the primal's Kaiming-uniform initial weights by this")
+    ap.add_argument("--primal-patience", type=int, default=20,
+                    help="early stop of the primal after this many epochs without improvement")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--dual-batch-size", type=int, default=None,
                     help="images per dual Adam step (default: --batch-size)")
@@ -197,6 +264,20 @@ def main(argv=None) -> dict:
                     help="dual steps on this many pixels drawn from all images (overrides "
                          "--dual-batch-size)")
     ap.add_argument("--beta-mean", type=float, default=1e-5)
+    ap.add_argument("--reuse-primal", action="store_true",
+                    help="load the primal this script saved for these settings instead of "
+                         "training it again (its curves are then not in the JSON)")
+    ap.add_argument("--dual-solver", choices=["adam", "ipm"], default="adam",
+                    help="'ipm': exact eq. 4 over the trained primal's --ipm-patterns "
+                         "strongest neurons (duality-gap certificate in the JSON)")
+    ap.add_argument("--ipm-patterns", type=int, default=60)
+    ap.add_argument("--ipm-tol", type=float, default=1e-6,
+                    help="relative duality gap at which the exact dual stops (certified)")
+    ap.add_argument("--dual-seed", choices=["random", "primal"], default="random",
+                    help="'primal': the trained primal's neurons are the first patterns and "
+                         "its point (TwoLayerConvDenoiser.dual_point) the start of the dual")
+    ap.add_argument("--dual-lr-scale", type=float, default=1.0,
+                    help="AdamConfig.lr_scale of the dual")
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--no-augment", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
@@ -244,9 +325,14 @@ def main(argv=None) -> dict:
     write_json(out / f"mri_dual_{tag}.json", payload)
     for row in rows:
         plot_curves(out / f"mri_dual_{tag}_curves_R{row['acceleration']:g}.png",
-                    row["primal_history"], row["dual_history"],
+                    row["primal_history"], row["dual_history"] if "ipm" not in row else [],
                     f"MRI R = {row['acceleration']:g}: primal ({a.filters} filters) vs dual "
-                    f"({a.patterns} patterns)")
+                    f"({a.ipm_patterns if 'ipm' in row else a.patterns} patterns"
+                    f"{', exact' if 'ipm' in row else ''})",
+                    hlines=None if "ipm" not in row else {
+                        f"exact dual (ipm, eq. 4), P = {a.ipm_patterns}": {
+                            s: row["objectives"][s]["dual_rebuilt_primal_mean"]
+                            for s in ("train", "test")}})
     plot_recons(out / f"mri_dual_{tag}_recon.png", per_r)
     for row, dual in zip(rows, duals, strict=True):
         r = f"R{row['acceleration']:g}"

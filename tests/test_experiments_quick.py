@@ -222,6 +222,23 @@ def test_mri_dual_quick(tmp_path, monkeypatch):  # 10.1 s (the MRI slices are sh
         _between(scores["ssim"], 0.0, 1.0)
 
 
+@needs_shared
+def test_mri_dual_quick_exact_dual_over_primal_patterns(tmp_path, monkeypatch):
+    """--dual-solver ipm: eq. 4 solved exactly over the primal's strongest neurons. The exact
+    optimum over a subset of the primal's own patterns is at most the primal pruned to those
+    neurons (its dual_point is feasible there), and the certificate closes."""
+    _load(EXPERIMENTS / "mri_dual.py", monkeypatch).main(
+        _quick_args(tmp_path) + ["--dual-solver", "ipm", "--ipm-patterns", "8"])
+    (run,) = _json(tmp_path / "mri_dual_quick.json")["runs"]
+    assert run["ipm"]["status"] == "optimal" and run["ipm"]["relative_gap"] <= 1e-6  # --ipm-tol
+    assert run["ipm"]["lower_bound_mean"] <= run["ipm"]["objective_mean"]
+    o = run["objectives"]["train"]
+    assert o["dual_rebuilt_primal_mean"] <= o["pruned_primal_mean"] * (1 + 1e-4)
+    assert o["dual_rebuilt_primal_mean"] == pytest.approx(run["ipm"]["objective_mean"],
+                                                          rel=1e-4)
+    _png(tmp_path / "mri_dual_quick_curves_R4.png")
+
+
 # ----------------------------------------------------------------------------- energy dissipation
 
 def _load_ed(name: str, monkeypatch):

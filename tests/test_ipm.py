@@ -103,7 +103,8 @@ def test_refuses_other_losses_and_large_systems():
 
 
 @pytest.mark.parametrize("kw", [dict(tol=0.0), dict(tol=2.0), dict(max_iter=0),
-                                dict(step_fraction=1.0), dict(refine=-1),
+                                dict(step_fraction=1.0), dict(refine=-1), dict(start="origin"),
+                                dict(centrality_correctors=-1),
                                 dict(time_limit=-1.0), dict(max_dim=1.5)])
 def test_bad_config(kw):
     with pytest.raises((ValueError, TypeError)):
@@ -153,3 +154,40 @@ def test_streamed_rows_give_the_same_solution(reference):
                                                                      block_elements=50)
     assert b.solve_info_.iterations == a.solve_info_.iterations
     assert abs(b.objective_ - a.objective_) <= 1e-10 * abs(a.objective_)
+
+
+@pytest.mark.parametrize("kw", [dict(start="unit"), dict(centrality_correctors=0),
+                                dict(centrality_correctors=3), dict(refine=0)])
+def test_variants_reach_the_same_certified_optimum(reference, kw):
+    """Starting point, Gondzio correctors and refinement change the path, not the optimum."""
+    noisy, clean, ref = reference
+    m = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).fit(noisy, clean,
+                                                                     solver="ipm", **kw)
+    assert m.solve_info_.status == "optimal"
+    assert abs(m.objective_ - ref.objective_) <= 1e-7 * abs(ref.objective_)
+    assert m.solve_info_.details["relative_gap"] <= 1e-8
+
+
+def test_correctors_shorten_the_path_on_mnist(digit_pair):
+    """On a real digit (1 MNIST digit x 20 patterns) the correctors cut iterations."""
+    noisy, clean = digit_pair
+    its = {}
+    for k in (0, 2):
+        m = ConvexDualDenoiser(n_patterns=20, beta=1e-3).fit(
+            noisy, clean, solver="ipm", centrality_correctors=k)
+        its[k] = (m.solve_info_.iterations, m.objective_)
+    assert its[2][0] < its[0][0]
+    assert abs(its[2][1] - its[0][1]) <= 1e-7 * abs(its[0][1])
+
+
+def test_a_stalled_dual_residual_returns_optimal_reduced_with_its_certificate(reference):
+    """feas_tol below what float64 Newton solves reach: the residual stalls once the gap is
+    met; the iterate comes back as 'optimal_reduced' with a warning, not as 'optimal'."""
+    noisy, clean, ref = reference
+    with pytest.warns(RuntimeWarning, match="optimal_reduced"):
+        m = ConvexDualDenoiser(beta=0.3, generators=ref.generators_).fit(
+            noisy, clean, solver="ipm", feas_tol=1e-30)
+    info = m.solve_info_
+    assert info.status == "optimal_reduced" and info.iterations < 200
+    assert info.details["r_dual"] > 1e-30 and info.details["relative_gap"] <= 1e-8
+    assert abs(m.objective_ - ref.objective_) <= 1e-7 * abs(ref.objective_)

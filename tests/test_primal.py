@@ -91,3 +91,36 @@ def test_objective_is_chunked_and_matches_one_pass():
     mean = net.objective(x, y, 0.3, reduction="mean")
     assert abs(mean - (direct - 0.15 * float(net.weight_decay())) / y.numel()
                - 0.15 * float(net.weight_decay())) <= 1e-12 * abs(direct)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_dual_point_is_a_feasible_dual_point_with_the_same_predictions(small_pair, residual):
+    """dual_point(): same predictions as the network, every cone constraint of eq. 4 holds, the
+    eq. 4 objective is at most eq. 2 and equal once the layers are balanced."""
+    from convexnn import ConvexDualDenoiser
+    from convexnn.adam import AdamConfig
+
+    noisy, clean = small_pair
+    torch.manual_seed(1)
+    u = torch.randn(6, 1, 3, 3, dtype=torch.float64)
+    alpha = torch.randn(6, dtype=torch.float64)
+    alpha[0] = 0.0                                     # a dead neuron: v = w = 0
+    net = TwoLayerConvDenoiser.from_weights(u, 0.3 * alpha, residual=residual)
+    g, v, w = net.dual_point()
+    assert torch.equal(g, u) and float(v[0].abs().sum() + w[0].abs().sum()) == 0.0
+    assert bool(((v > 0) & (w > 0)).sum() == 0)        # a neuron is either v or w
+    # a fitted model at exactly this point: one Adam step of size 1e-300 moves nothing
+    dual = ConvexDualDenoiser(kernel_size=3, beta=0.2, residual=residual, generators=g,
+                              dedupe=False)
+    dual.fit(noisy, clean, solver="adam", config=AdamConfig(
+        epochs=1, lr=1e-300, warm_start=(v, w), progress=False, dtype="float64"))
+    assert torch.allclose(dual.predict(noisy), net(noisy), atol=1e-12)
+    assert dual.constraint_violation(noisy).max <= 1e-250   # the 1e-300 step only
+    d, p = dual.objective(noisy, clean), net.objective(noisy, clean, 0.2)
+    assert d < p                                       # unbalanced layers: strictly below
+    # balance each neuron (u_j, alpha_j) -> (u_j c, alpha_j / c), c^2 = |alpha_j| / ||u_j||
+    c = (0.3 * alpha.abs() / u.flatten(1).norm(dim=1)).clamp_min(1e-300).sqrt()
+    bal = TwoLayerConvDenoiser.from_weights(u * c[:, None, None, None], 0.3 * alpha / c,
+                                            residual=residual)
+    assert torch.allclose(bal(noisy), net(noisy), atol=1e-12)
+    assert bal.objective(noisy, clean, 0.2) == pytest.approx(d, rel=1e-12)
