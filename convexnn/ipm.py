@@ -486,7 +486,8 @@ class _NewtonSolver:
     `b` is eliminated per pattern, leaving `(K + S_v Sigma^{-1} S_w) a = ...`: one Cholesky of
     size P d (not 2 P d) and only `Sigma^{-1}`, which stays usable when `S_v` or `S_w` alone is
     singular to working precision (a solve through `S_v^{-1}`, `S_w^{-1}` lost every digit near
-    the optimum in our runs). Each solve is refined against `H` itself.
+    the optimum in our runs). A solve is refined against `H` itself while its residual is above
+    `accuracy` (at most `refine` times).
     """
 
     def __init__(self, kg, blk, btt, btu, p: int, refine: int, accuracy: float) -> None:
