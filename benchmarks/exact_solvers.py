@@ -7,6 +7,8 @@
 Every solve runs in a child process with a wall-clock limit (`--time-limit`); a run that is
 refused (CVXPY size guard), fails or times out is recorded as such. Accuracy is
 |f - f_ref| / |f_ref| with f_ref the best CVXPY optimum of that cell (Clarabel first).
+A solver whose run takes under 10 s (ipm) is run `--repeats` times, each in a fresh process,
+and reports the median wall time (all runs in `wall_seconds_runs`); the slower ones run once.
 Writes `exact_solvers[_quick].{json,png}` into `--out` (default benchmarks/results) and prints
 a table (not with `--quiet`) with each solver's speed-up over CVXPY + Clarabel in that cell
 (`speedup_vs_clarabel`: Clarabel's wall seconds / the solver's, both measured in this run).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import math
 import multiprocessing as mp
 import time
 from pathlib import Path
@@ -67,6 +70,22 @@ def run(solver, n_images, n_patterns, beta, opts, limit):
     return q.get() if not q.empty() else {"status": "no result"}
 
 
+def run_repeated(solver, n_images, n_patterns, beta, opts, limit, repeats):
+    """`run`, repeated (fresh process each) while a run takes under 10 s: the wall time of a
+    sub-second solve swings +-15% between minutes on a shared host, so such a solver reports
+    the median of `repeats` cold runs (`wall_seconds_runs` lists them all)."""
+    first = run(solver, n_images, n_patterns, beta, opts, limit)
+    walls = [first.get("wall_seconds")]
+    while (len(walls) < repeats and first.get("status") == "optimal"
+           and max(walls) < 10.0):
+        walls.append(run(solver, n_images, n_patterns, beta, opts, limit).get("wall_seconds",
+                                                                              math.inf))
+    if len(walls) > 1:
+        first["wall_seconds_runs"] = walls
+        first["wall_seconds"] = float(np.median(walls))
+    return first
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
@@ -76,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
                     choices=["cvxpy", "admm", "ipm"], help="which solvers to run")
     ap.add_argument("--admm-tol", type=float, default=1e-6)
     ap.add_argument("--beta", type=float, default=1e-3)
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="cold runs of a solver whose run takes < 10 s; its median is reported")
     ap.add_argument("--out", default=str(OUT), help="results folder (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true", help="print nothing")
     args = ap.parse_args(argv)
@@ -109,8 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
                                args.time_limit)
             say(n_images, n_patterns, "admm", cell["admm"], flush=True)
         if "ipm" in args.solvers:
-            cell["ipm"] = run("ipm", n_images, n_patterns, args.beta,
-                              {"time_limit": args.time_limit - 30}, args.time_limit)
+            cell["ipm"] = run_repeated("ipm", n_images, n_patterns, args.beta,
+                                       {"time_limit": args.time_limit - 30}, args.time_limit,
+                                       args.repeats)
             say(n_images, n_patterns, "ipm", cell["ipm"], flush=True)
         refs = [cell[f"cvxpy/{n}"]["objective"] for n in cvx
                 if cell[f"cvxpy/{n}"].get("status") == "optimal"]

@@ -228,8 +228,15 @@ def test_mri_dual_quick_exact_dual_over_primal_patterns(tmp_path, monkeypatch):
     optimum over a subset of the primal's own patterns is at most the primal pruned to those
     neurons (its dual_point is feasible there), and the certificate closes."""
     _load(EXPERIMENTS / "mri_dual.py", monkeypatch).main(
-        _quick_args(tmp_path) + ["--dual-solver", "ipm", "--ipm-patterns", "8"])
+        _quick_args(tmp_path) + ["--dual-solver", "ipm", "--ipm-patterns", "8",
+                                 "--primal-lbfgs", "2"])
     (run,) = _json(tmp_path / "mri_dual_quick.json")["runs"]
+    # the primal compared is the L-BFGS-polished one: below its Adam point, history exact
+    pol, o = run["primal_lbfgs_polish"], run["objectives"]
+    assert pol["steps"] == 2 and len(pol["history"]) == 3
+    assert pol["history"][-1]["train_objective_mean"] < pol["adam_objectives_mean"]["train"]
+    assert o["train"]["primal_mean"] == pytest.approx(pol["history"][-1]["train_objective_mean"],
+                                                      rel=1e-5)
     assert run["ipm"]["status"] == "optimal" and run["ipm"]["relative_gap"] <= 1e-6  # --ipm-tol
     assert run["ipm"]["lower_bound_mean"] <= run["ipm"]["objective_mean"]
     o = run["objectives"]["train"]
@@ -466,4 +473,6 @@ def test_exact_solvers_quick(tmp_path, monkeypatch):
         _between(r["relative_violation"], 0.0, 1e-6)
         assert r["n_patterns_kept"] == cell["n_patterns"] == 60
     _between(cell["ipm"]["relative_error"], 0.0, 1e-6)     # ipm stops at a 1e-8 certified gap
+    runs = cell["ipm"]["wall_seconds_runs"]                 # sub-second: median of 5 cold runs
+    assert len(runs) == 5 and cell["ipm"]["wall_seconds"] == pytest.approx(sorted(runs)[2])
     assert cell["ipm"]["speedup_vs_clarabel"] > 1.0
