@@ -20,12 +20,14 @@ duality-gap certificate) over the `--ipm-patterns` strongest neurons of the trai
 (`TwoLayerConvDenoiser.dual_point`, ranked by |alpha_j| ||u_j||). `--dual-seed primal` starts
 Adam from the primal's own point instead. The primal is saved next to the JSON
 (`..._primal<m>_e<epochs>_seed<s>.safetensors` + `.history.json`); `--reuse-primal` loads it.
+`--primal-lbfgs STEPS` then polishes it with full-batch L-BFGS on eq. 2 (convexnn.polish_primal;
+saved as `..._lbfgs<STEPS>.safetensors`): the comparison with the exact dual is then between
+two solved problems, not with where minibatch Adam stopped.
 
     PYTHONPATH=. python experiments/mri_dual.py --accel 4           # Adam dual (R = 4)
     PYTHONPATH=. python experiments/mri_dual.py --accel 4 --no-augment --batch-size 2 \
-        --dual-solver ipm --ipm-patterns 150                        # exact dual (R = 4)
-    PYTHONPATH=. python experiments/mri_dual.py --accel 4 --no-augment --batch-size 2 \
-        --primal-lbfgs 40 --reuse-primal --dual-solver ipm              # polished primal
+        --epochs-primal 200 --primal-patience 1000 --eval-every 10 --primal-lbfgs 40 \
+        --dual-solver ipm --ipm-patterns 150 --tag _polished        # exact dual (R = 4)
     PYTHONPATH=. python experiments/mri_dual.py                     # R = 2, 4, 8
     PYTHONPATH=. python experiments/mri_dual.py --quick             # CI-sized
 """
