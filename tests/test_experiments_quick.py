@@ -466,13 +466,16 @@ def test_exact_solvers_quick(tmp_path, monkeypatch):
     ref = cell["reference_objective"]
     _finite(ref)
     assert ref > 0 and cell["cvxpy/CLARABEL"]["objective"] == ref
-    for solver in ("cvxpy/CLARABEL", "admm", "ipm"):
+    for solver in ("cvxpy/CLARABEL", "admm", "ipm", "ipm-all-rows"):
         r = cell[solver]
         assert r["status"] == "optimal", r["status"]
         _between(r["relative_error"], 0.0, 1e-4)
         _between(r["relative_violation"], 0.0, 1e-6)
         assert r["n_patterns_kept"] == cell["n_patterns"] == 60
     _between(cell["ipm"]["relative_error"], 0.0, 1e-6)     # ipm stops at a 1e-8 certified gap
+    _between(cell["ipm-all-rows"]["relative_error"], 0.0, 1e-6)
+    # the shipped ipm solves on a working set of 16 d = 144 of the 1,568 rows per pattern
+    assert cell["ipm"]["working_rows"] == 144 and cell["ipm-all-rows"]["working_rows"] == 1568
     runs = cell["ipm"]["wall_seconds_runs"]                 # sub-second: median of 5 cold runs
     assert len(runs) == 5 and cell["ipm"]["wall_seconds"] == pytest.approx(sorted(runs)[2])
     assert cell["ipm"]["speedup_vs_clarabel"] > 1.0

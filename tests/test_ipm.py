@@ -6,7 +6,7 @@ import torch
 
 from convexnn import ConvexDualDenoiser, ConvexSolverError
 from convexnn.certificate import certify, enumerate_generators_2d
-from convexnn.ipm import IpmConfig, _soc_step, solve_ipm
+from convexnn.ipm import IpmConfig, _boundary_rate, _NtScaling, _to_identity, solve_ipm
 
 
 def _data(seed=0, n=1, h=6, channels=1):
@@ -105,26 +105,46 @@ def test_refuses_other_losses_and_large_systems():
 @pytest.mark.parametrize("kw", [dict(tol=0.0), dict(tol=2.0), dict(max_iter=0),
                                 dict(step_fraction=1.0), dict(refine=-1), dict(start="origin"),
                                 dict(centrality_correctors=-1),
-                                dict(time_limit=-1.0), dict(max_dim=1.5)])
+                                dict(time_limit=-1.0), dict(max_dim=1.5), dict(working_rows=-1)])
 def test_bad_config(kw):
     with pytest.raises((ValueError, TypeError)):
         IpmConfig(**kw)
 
 
-def test_soc_step_is_the_boundary():
-    rng = np.random.default_rng(3)
-    u = torch.from_numpy(rng.standard_normal((200, 4)))
-    u[:, 0] = u[:, 1:].norm(dim=1) + torch.from_numpy(rng.uniform(0.1, 1.0, 200))  # interior
-    du = torch.from_numpy(rng.standard_normal((200, 4)))
-    def inside(i, t):
-        return float(u[i, 0] + t * du[i, 0]) >= float((u[i, 1:] + t * du[i, 1:]).norm()) - 1e-12
+def _interior(rng, n, dim):
+    u = torch.from_numpy(rng.standard_normal((n, dim)))
+    u[:, 0] = u[:, 1:].norm(dim=1) + torch.from_numpy(rng.uniform(0.01, 1.0, n))
+    return u
 
-    for i in range(200):
-        a = _soc_step(u[i:i + 1], du[i:i + 1])
-        if np.isfinite(a):
-            assert inside(i, 0.999 * a) and not inside(i, 1.001 * a)
-        else:
-            assert all(inside(i, t) for t in (1.0, 10.0, 1e3))
+
+def test_soc_step_is_the_boundary():
+    """The step to the cone boundary through the scaled maps: `G u = e`, and for slacks and
+    duals (NT scaling W: W^{-1} s = W z = lam) the largest step along ds / dz is where
+    `e + a G W^{-1} ds` / `e + a G W dz` leaves the cone, i.e. where s + a ds / z + a dz does."""
+    rng = np.random.default_rng(3)
+    n, dim = 300, 4
+    jd = torch.tensor([1.0] + [-1.0] * (dim - 1), dtype=torch.float64)
+    e = torch.zeros(dim, dtype=torch.float64)
+    e[0] = 1.0
+    s, z = _interior(rng, n, dim), _interior(rng, n, dim)
+    nt = _NtScaling(s, z, jd)
+    lam = nt.apply(z)
+    assert torch.allclose(nt.apply_inv(s), lam, rtol=1e-10, atol=1e-12)
+    g = _to_identity(lam, jd)
+    assert torch.allclose(torch.bmm(g, lam[:, :, None])[:, :, 0], e.expand(n, dim), atol=1e-10)
+
+    def inside(x):
+        return float(x[0]) >= float(x[1:].norm()) - 1e-12 * max(1.0, float(x.abs().max()))
+
+    for u, dmap in ((s, g @ nt.winv), (z, g @ nt.w)):
+        du = torch.from_numpy(rng.standard_normal((n, dim)))
+        rate = _boundary_rate(torch.bmm(dmap, du[:, :, None])[:, :, 0])
+        for i in range(n):
+            if rate[i] > 0:
+                a = 1.0 / float(rate[i])
+                assert inside(u[i] + 0.999 * a * du[i]) and not inside(u[i] + 1.001 * a * du[i])
+            else:
+                assert all(inside(u[i] + t * du[i]) for t in (1.0, 10.0, 1e3))
 
 
 def test_pattern_growth_with_ipm():
@@ -191,3 +211,37 @@ def test_a_stalled_dual_residual_returns_optimal_reduced_with_its_certificate(re
     assert info.status == "optimal_reduced" and info.iterations < 200
     assert info.details["r_dual"] > 1e-30 and info.details["relative_gap"] <= 1e-8
     assert abs(m.objective_ - ref.objective_) <= 1e-7 * abs(ref.objective_)
+
+
+def test_working_set_solves_eq4_on_mnist(digit_pair):
+    """On a real digit (784 rows per group, 20 patterns) the default working set (16 d = 144
+    rows per pattern) reaches eq. 4's optimum on every row: same objective and prediction as
+    the solve on all rows, no row violated, its own certificate valid for eq. 4."""
+    noisy, clean = digit_pair
+    full = ConvexDualDenoiser(n_patterns=20, beta=1e-3).fit(noisy, clean, solver="ipm",
+                                                            working_rows=0)
+    m = ConvexDualDenoiser(n_patterns=20, beta=1e-3).fit(noisy, clean, solver="ipm")
+    d, d0 = m.solve_info_.details, full.solve_info_.details
+    assert d0["working_rows"] == 784 and d0["screening_rounds"] == 0
+    assert d["working_rows"] == 144 and m.solve_info_.status == "optimal"
+    assert abs(m.objective_ - full.objective_) <= 1e-8 * abs(full.objective_)
+    assert m.constraint_violation(noisy).relative <= 1e-9
+    assert d["lower_bound"] <= full.objective_ * (1 + 1e-9)
+    assert torch.allclose(m.predict(noisy), full.predict(noisy), atol=1e-5)
+
+
+def test_too_small_working_set_adds_the_violated_rows(digit_pair):
+    """Two rows per pattern cannot hold the active constraints: the solution violates rows,
+    they join the set and the problem is solved again until none is violated (or, after 8
+    rounds, on every row); the result is eq. 4's optimum either way."""
+    noisy, clean = digit_pair
+    full = ConvexDualDenoiser(n_patterns=12, beta=1e-3).fit(noisy, clean, solver="ipm",
+                                                            working_rows=0)
+    m = ConvexDualDenoiser(n_patterns=12, beta=1e-3).fit(noisy, clean, solver="ipm",
+                                                         working_rows=2)
+    d = m.solve_info_.details
+    assert d["screening_rounds"] >= 1 and d["working_rows"] > 2
+    assert m.solve_info_.iterations > full.solve_info_.iterations
+    assert {h["round"] for h in m.history_} == set(range(d["screening_rounds"] + 1))
+    assert abs(m.objective_ - full.objective_) <= 1e-8 * abs(full.objective_)
+    assert m.constraint_violation(noisy).relative <= 1e-9
