@@ -11,7 +11,14 @@ It is solved by Mehrotra's predictor-corrector with Nesterov-Todd scaling (the m
 CVXOPT's `coneqp`, Vandenberghe 2010), written for this structure: the Newton matrix is
 `[[K, -K], [-K, K]] + blockdiag_g(C_g^T diag(z/s) C_g + SOC block)` with `K = A^T A` (the
 streamed Gram, P d x P d) and `C_g` the cone rows of group g; each `t_g` is eliminated in its
-group, leaving one dense Cholesky of size 2 P d per iteration (no N x P Jacobian is formed).
+group, and the `b = v + w` half per pattern, leaving one dense Cholesky of size P d per
+iteration (no N x P Jacobian is formed).
+
+Working set: only a few of the N rows of a group are active at the optimum, and they lie among
+the rows nearest the pattern's generator hyperplane. The solver runs on 16 d such rows per
+pattern, checks the solution against every row, and re-solves with the violated rows added
+until none is (a solution of the relaxation that is feasible for eq. 4 solves eq. 4; its
+certificate carries over with zero multipliers on the dropped rows).
 
 Optimality evidence: at every iterate `s^T z` is the gap between this primal objective and
 the dual objective; the solver stops when the relative gap and both residuals are below `tol`
@@ -220,6 +227,10 @@ class _ConeRows:
             return self.X @ u.T.contiguous()
         return torch.addmm(minus, self.X, u.T.contiguous(), beta=-1.0)
 
+    def residual(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """`s - sign o C u`: the LP part of the primal residual `G x + s`."""
+        return torch.addmm(s, self.X, u.T.contiguous(), alpha=-1.0)
+
     def adjoint(self, z: torch.Tensor) -> torch.Tensor:
         """`C^T z` for z in signed coordinates (M, 2P): (2P, d)."""
         return (self.xt @ z).T
@@ -257,6 +268,8 @@ class _WorkingRows:
         cu = torch.bmm(self.xg, u.unsqueeze(2)).squeeze(2).T                      # (k, 2P)
         return cu.contiguous() if minus is None else cu - minus
 
+    def residual(self, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return s - torch.bmm(self.xg, u.unsqueeze(2)).squeeze(2).T
     def adjoint(self, z: torch.Tensor) -> torch.Tensor:
         return torch.bmm(self.xgt, z.T.unsqueeze(2)).squeeze(2)                   # (2P, d)
 
@@ -297,9 +310,9 @@ def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
     jd[1:] = -1.0
     kg = ops.gram()                                                   # K = A^T A (P d)^2
     aty = ops.At(y).reshape(-1)
-    data = _Data(kg=kg, aty=aty, yy=0.5 * float(y @ y), beta=problem.beta / (sx * sy),
-                 p=p, d=d, jd=jd, qnorm=0.0, obj_scale=sy * sy)
-    data.qnorm = max(1.0, float(aty.abs().max()), data.beta)
+    beta = problem.beta / (sx * sy)
+    data = _Data(kg=kg, aty=aty, yy=0.5 * float(y @ y), beta=beta, p=p, d=d, jd=jd,
+                 qnorm=max(1.0, float(aty.abs().max()), beta), obj_scale=sy * sy)
     rows = _ConeRows(ops, cfg.block_elements)
     # working set: per pattern the rows nearest its generator's hyperplane (|x_n^T g| small)
     k = 16 * d if cfg.working_rows is None else cfg.working_rows
@@ -442,7 +455,7 @@ def _run(rows, data: _Data, cfg: IpmConfig, t_start: float, history: list[dict[s
         ctz = rows.adjoint(zl)
         res = _Point(u=ka - torch.cat([aty.reshape(p, d), -aty.reshape(p, d)])
                      - ctz - zq[:, 1:], t=beta - zq[:, 0],
-                     sl=-rows.values(u, minus=sl), zl=None,
+                     sl=rows.residual(u, sl), zl=None,
                      sq=sq - torch.cat([t[:, None], u], 1), zq=None)
         rxu, rxt, rzl, rzq = res.u, res.t, res.sl, res.sq
         slzl = sl * zl

@@ -179,7 +179,7 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
         t = time.perf_counter()
         dual.fit(xtr, ytr, solver="ipm", eval_set=(xte, yte), config=IpmConfig(
             tol=a.ipm_tol, feas_tol=min(1e-8, a.ipm_tol), verbose=not a.quiet,
-            max_dim=10_000, max_cone_entries=60_000_000))
+            max_dim=10_000, max_cone_entries=60_000_000, working_rows=a.ipm_working_rows))
         t_dual = time.perf_counter() - t
         pruned = TwoLayerConvDenoiser.from_weights(
             primal.conv1.weight.detach()[top], primal.conv2.weight.detach().reshape(-1)[top],
@@ -239,7 +239,9 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
         row["ipm"] = {"status": dual.solve_info_.status, "iterations": dual.solve_info_.iterations,
                       "n_patterns": a.ipm_patterns, "relative_gap": det["relative_gap"],
                       "lower_bound_mean": det["lower_bound"] / npix,
-                      "objective_mean": dual.objective_ / npix}
+                      "objective_mean": dual.objective_ / npix,
+                      "working_rows": det["working_rows"],
+                      "screening_rounds": det["screening_rounds"]}
         for name, (x, y) in {"train": (xtr, ytr), "test": (xte, yte)}.items():
             n = x.shape[0] * x.shape[2] * x.shape[3]
             objectives[name]["pruned_primal_mean"] = pruned.objective(x, y, beta) / n
@@ -317,6 +319,9 @@ def main(argv=None) -> dict:
                     help="'ipm': exact eq. 4 over the trained primal's --ipm-patterns "
                          "strongest neurons (duality-gap certificate in the JSON)")
     ap.add_argument("--ipm-patterns", type=int, default=60)
+    ap.add_argument("--ipm-working-rows", type=int, default=None,
+                    help="cone rows per pattern in the ipm's working set (default: 16 d; "
+                         "0: every row)")
     ap.add_argument("--ipm-tol", type=float, default=1e-6,
                     help="relative duality gap at which the exact dual stops (certified)")
     ap.add_argument("--dual-seed", choices=["random", "primal"], default="random",
