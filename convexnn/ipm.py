@@ -57,8 +57,10 @@ class IpmConfig:
     the returned objective is within `tol` of the optimum when the residuals are below
     `feas_tol`: the primal one on unit-normalised rows, the dual one relative to the largest
     inf-norm of `q`, `P x` and `G^T z`, as OSQP). `max_dim`: largest Newton system `P d`
-    accepted (two dense `(P d)^2` float64 matrices); `max_cone_entries`: largest `N x 2P`
-    (about 12 such float64 arrays are live).
+    accepted (two dense `(P d)^2` float64 matrices; four times that in the rare iteration that
+    falls back to factoring the `2 P d` matrix); `max_cone_entries`: largest `N x 2P` on every
+    row (about 12 such float64 arrays are live); with the working set about 4 are (the signs
+    and the check against every row), so up to 3x that is accepted.
     Not converging within `max_iter` / `time_limit` raises `ConvexSolverError` unless
     `allow_inaccurate=True` (then a warning is issued and the iterate returned). A numerical
     breakdown of the Newton matrix after the gap and residuals are below `reduced_tol`, or a
@@ -295,11 +297,15 @@ def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
         raise ValueError(f"solver='ipm': the Newton system has P d = {dim} rows (P = {p}, "
                          f"d = {d}), above max_dim = {cfg.max_dim} ({16 * dim * dim / 1e9:.1f} GB"
                          f" dense); use solver='admm' or 'adam' at this size, or raise max_dim")
-    if cone > cfg.max_cone_entries:
+    k = 16 * d if cfg.working_rows is None else cfg.working_rows
+    arrays = 4 if 0 < k < problem.n_pixels else 12      # live (N, 2P) float64 arrays
+    if arrays * cone > 12 * cfg.max_cone_entries:
         raise ValueError(f"solver='ipm': expected at most max_cone_entries = "
-                         f"{cfg.max_cone_entries} cone rows, got 2 P N = {cone} (P = {p}, N = "
-                         f"{problem.n_pixels}; about {96 * cone / 1e9:.1f} GB of slacks and "
-                         f"duals); use solver='admm' or 'adam' at this size, or raise it")
+                         f"{cfg.max_cone_entries} cone rows ({12 * cfg.max_cone_entries // arrays}"
+                         f" with the working set), got 2 P N = {cone} (P = {p}, N = "
+                         f"{problem.n_pixels}; about {8 * arrays * cone / 1e9:.1f} GB of slacks, "
+                         f"duals and checks); use solver='admm' or 'adam' at this size, or "
+                         f"raise it")
     device = torch.device(cfg.device) if cfg.device else problem.noisy.device
     dt = torch.float64
     sx, sy = _scales(problem)
@@ -315,7 +321,6 @@ def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
                  qnorm=max(1.0, float(aty.abs().max()), beta), obj_scale=sy * sy)
     rows = _ConeRows(ops, cfg.block_elements)
     # working set: per pattern the rows nearest its generator's hyperplane (|x_n^T g| small)
-    k = 16 * d if cfg.working_rows is None else cfg.working_rows
     margin = forced = idx = None
     if 0 < k < rows.m:
         g = problem.generators.to(device=device, dtype=dt).reshape(p, d)
@@ -639,7 +644,9 @@ class _NewtonSolver:
     size P d (not 2 P d) and only `Sigma^{-1}`, which stays usable when `S_v` or `S_w` alone is
     singular to working precision (a solve through `S_v^{-1}`, `S_w^{-1}` lost every digit near
     the optimum in our runs). A solve is refined against `H` itself while its residual is above
-    `accuracy` (at most `refine` times).
+    `accuracy` (at most `refine` times). Where `K + S_v Sigma^{-1} S_w` is not positive definite
+    in floating point (its blocks are PSD, but computing them loses ~1e-5 of their scale when
+    z / s spans ~1e10, met at 600 MNIST digits near the optimum), `H` itself (2 P d) is factored.
     """
 
     def __init__(self, kg, blk, btt, btu, p: int, refine: int, accuracy: float) -> None:
@@ -650,15 +657,27 @@ class _NewtonSolver:
         self.delta = sv - sw
         self.lsig, r1 = _cholesky(sv + sw)
         finv = sv @ torch.cholesky_solve(sw, self.lsig)         # S_v Sigma^{-1} S_w
-        m = kg.clone()     # + the symmetrised S_v Sigma^{-1} S_w on the diagonal blocks
-        m.view(p, d, p, d).diagonal(dim1=0, dim2=2).add_(
-            (0.5 * (finv + finv.transpose(1, 2))).permute(1, 2, 0))
-        (upper,), r2 = _cholesky(m[None], upper=True)
-        self.lm = upper.mT                 # L = U^T (torch factors upper ~25% faster here)
+        finv = 0.5 * (finv + finv.mT)
+        m = kg.clone()     # K + the symmetrised S_v Sigma^{-1} S_w on the diagonal blocks
+        m.view(p, d, p, d).diagonal(dim1=0, dim2=2).add_(finv.permute(1, 2, 0))
+        self.full = None
+        try:
+            (upper,), r2 = _cholesky(m[None], upper=True)
+            self.lm = upper.mT             # L = U^T (torch factors upper ~25% faster here)
+        except ConvexSolverError:
+            # S_v Sigma^{-1} S_w is PSD, but when z / s spans ~1e10 (large N near the optimum)
+            # its rounding error can exceed every shift: factor H itself (2 P d, 8x the work;
+            # its sums of PSD terms do not cancel)
+            h = torch.cat([torch.cat([kg, -kg], 1), torch.cat([-kg, kg], 1)])
+            h.view(2 * p, d, 2 * p, d).diagonal(dim1=0, dim2=2).add_(blk.permute(1, 2, 0))
+            (upper,), r2 = _cholesky(h[None], upper=True)
+            self.full = upper.mT
         self.regularization = max(r1, r2)
 
     def _solve_u(self, ru: torch.Tensor) -> torch.Tensor:
         p = self.p
+        if self.full is not None:
+            return _chol_solve(self.full, ru.reshape(-1, 1)).reshape(2 * p, -1)
         ra, rb = 0.5 * (ru[:p] - ru[p:]), 0.5 * (ru[:p] + ru[p:])
         sig_rb = torch.cholesky_solve(rb[:, :, None], self.lsig)                 # Sigma^-1 r_b
         rhs = ra - (self.delta @ sig_rb)[:, :, 0]

@@ -245,3 +245,36 @@ def test_too_small_working_set_adds_the_violated_rows(digit_pair):
     assert {h["round"] for h in m.history_} == set(range(d["screening_rounds"] + 1))
     assert abs(m.objective_ - full.objective_) <= 1e-8 * abs(full.objective_)
     assert m.constraint_violation(noisy).relative <= 1e-9
+
+
+@pytest.mark.parametrize("reduced_fails", [False, True])
+def test_newton_solver_reduced_and_full_factorisations(monkeypatch, reduced_fails):
+    """`_NewtonSolver` solves `H du = r`, `H = [[K, -K], [-K, K]] + blockdiag(S_g)`, through
+    the P d matrix `K + S_v Sigma^{-1} S_w`; where that one cannot be factored (rounding at
+    large N, simulated here) it factors H itself and gives the same solution."""
+    import convexnn.ipm as ipm
+
+    rng = np.random.default_rng(5)
+    p, d = 4, 3
+    a = torch.from_numpy(rng.standard_normal((2 * p * d, p * d)))
+    kg = a.T @ a
+    b = torch.from_numpy(rng.standard_normal((2 * p, d, 2 * d)))
+    blk = b @ b.mT
+    blk[0] *= 1e6                                     # one strongly active group
+    btt = torch.ones(2 * p, dtype=torch.float64)
+    btu = torch.zeros((2 * p, d), dtype=torch.float64)
+    real = ipm._cholesky
+
+    def cholesky(h, upper=False):
+        if reduced_fails and h.shape[-1] == p * d:
+            raise ConvexSolverError("simulated breakdown", "numerical_error")
+        return real(h, upper)
+
+    monkeypatch.setattr(ipm, "_cholesky", cholesky)
+    solver = ipm._NewtonSolver(kg, blk, btt, btu, p, refine=0, accuracy=0.0)
+    assert (solver.full is not None) == reduced_fails
+    h = torch.block_diag(*blk) + torch.cat([torch.cat([kg, -kg], 1), torch.cat([-kg, kg], 1)])
+    r = torch.from_numpy(rng.standard_normal((2 * p, d)))
+    du, _ = solver(r, torch.zeros(2 * p, dtype=torch.float64))
+    expected = torch.linalg.solve(h, r.reshape(-1)).reshape(2 * p, d)
+    assert torch.allclose(du, expected, rtol=1e-8, atol=1e-10 * float(expected.abs().max()))
