@@ -54,7 +54,7 @@ from .adam_kernels import data_grad, hinge_pass
 from .checkpoint import fingerprint
 from .distributed import DistInfo, all_reduce_max, all_reduce_sum, setup_distributed, wrap_ddp
 from .losses import Loss
-from .problem import DualProblem, DualSolution, SolveInfo
+from .problem import DualProblem, DualSolution, SolveInfo, warm_start_point
 from .training import LoopSpec, TrainingDivergedError, run_loop
 
 __all__ = ["AdamConfig", "solve_adam", "DualHingeModule", "resolve_dtype", "resolve_device"]
@@ -296,10 +296,8 @@ def solve_adam(problem: DualProblem, config: AdamConfig) -> DualSolution:
                                        dtype=torch.float64)).to(device, dtype)
     warm = None
     if cfg.warm_start is not None:
-        from .admm import _warm_point
-
-        warm = [t.detach().to(torch.float64).cpu() for t in _warm_point(
-            cfg.warm_start, problem, "a fitted ConvexDualDenoiser or a pair (v, w)")]
+        warm = [t.detach().to(torch.float64).cpu()
+                for t in warm_start_point(cfg.warm_start, problem)]
         if not all(bool(torch.isfinite(t).all()) for t in warm):
             raise ValueError("warm_start: expected finite filters, got NaN/Inf")
         v0, w0 = (t.to(device, dtype) for t in warm)

@@ -32,7 +32,15 @@ from .admm_cones import ConeProx
 from .admm_linear import make_linear_solver
 from .admm_ops import PatternOperators
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
-from .problem import DualProblem, DualSolution, SolveInfo, refuse_or_warn
+from .problem import (
+    DualProblem,
+    DualSolution,
+    SolveInfo,
+    internal_scales,
+    refuse_or_warn,
+    run_with_threads,
+    warm_start_point,
+)
 
 __all__ = ["AdmmConfig", "AdmmState", "solve_admm"]
 
@@ -133,39 +141,6 @@ def _loss_value(r: torch.Tensor, name: str, delta: float) -> float:
     return float(torch.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum())
 
 
-def _scales(problem: DualProblem) -> tuple[float, float]:
-    """Internal scaling: patches to unit RMS norm, labels to unit RMS (undone exactly)."""
-    x, y = problem.noisy, problem.target
-    d = problem.patch_dim
-    sx = float(x.double().pow(2).mean().sqrt()) * math.sqrt(d)
-    sy = float(y.double().pow(2).mean().sqrt())
-    if not (sx > 0 and math.isfinite(sx)):
-        sx = 1.0
-    if not (sy > 0 and math.isfinite(sy)):
-        sy = 1.0
-    return sx, sy
-
-
-def _warm_point(ws: Any, problem: DualProblem,
-                accepts: str = "a fitted ConvexDualDenoiser, a pair (v, w) or an AdmmState"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(ws, "v_") and hasattr(ws, "w_"):
-        g = getattr(ws, "generators_", None)
-        if g is None or g.shape != problem.generators.shape or not torch.allclose(
-                g.to(problem.generators), problem.generators):
-            raise ValueError("warm_start: the fitted model has other generators than this "
-                             "problem; pass generators=model.generators_ to the new model")
-        return ws.v_, ws.w_
-    if isinstance(ws, (tuple, list)) and len(ws) == 2:
-        v, w = (torch.as_tensor(t) for t in ws)
-        shape = tuple(problem.generators.shape)
-        if tuple(v.shape) != shape or tuple(w.shape) != shape:
-            raise ValueError(f"warm_start: expected (v, w) of shape {shape}, got "
-                             f"{tuple(v.shape)} and {tuple(w.shape)}")
-        return v, w
-    raise TypeError(f"warm_start: expected {accepts}, got {type(ws).__name__}")
-
-
 # ---------------------------------------------------------------------- solver
 def _fingerprint(problem: DualProblem, cfg: AdmmConfig) -> str:
     """What determines the iterates (a checkpoint of another run is refused)."""
@@ -188,26 +163,13 @@ def solve_admm(problem: DualProblem, config: AdmmConfig | None = None) -> DualSo
     return run_with_threads(threads, _solve, problem, cfg)
 
 
-def run_with_threads(threads: int, solve, problem: DualProblem, cfg) -> DualSolution:
-    """`solve(problem, cfg)` with torch limited to `threads` (restored after); the count is
-    recorded in `solve_info_.details["num_threads"]`."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        solution = solve(problem, cfg)
-    finally:
-        torch.set_num_threads(before)
-    solution.info.details["num_threads"] = threads
-    return solution
-
-
 def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
     t_start = time.perf_counter()
     device = torch.device(cfg.device) if cfg.device else problem.noisy.device
     dt = cfg.dtype
     loss, delta = problem.loss.name, problem.loss.huber_delta
     split = loss != "squared"
-    sx, sy = _scales(problem)
+    sx, sy = internal_scales(problem)
     beta = problem.beta / (sx if loss == "l1" else sx * sy)               # internal beta
     dlt = delta / sy
     ops = PatternOperators(problem.noisy, problem.generators, sx, device, dt, cfg.block_elements)
@@ -226,7 +188,8 @@ def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
         z = ws.z.to(device=device, dtype=dt) * f
         lam = ws.lam.to(device=device, dtype=dt) * (ws.rho / rho) * f
     elif ws is not None:
-        v0, w0 = _warm_point(ws, problem)
+        v0, w0 = warm_start_point(
+            ws, problem, "a fitted ConvexDualDenoiser, a pair (v, w) or an AdmmState")
         z = torch.cat([v0.reshape(p, d), w0.reshape(p, d)]).to(device=device, dtype=dt)
         z = prox(z * (sx / sy), 0.0)                                    # into the cones
     else:

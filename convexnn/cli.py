@@ -24,10 +24,11 @@ import numpy as np
 import torch
 
 from .cvxpy_solver import CVXPY_SOLVERS, ProblemSizeError
-from .dual import FIT_SOLVERS, ConvexDualDenoiser
+from .dual import ConvexDualDenoiser
 from .gap import gap_report
 from .losses import LOSSES
 from .problem import ConvexSolverError
+from .solver_registry import SOLVERS
 
 EPILOG = """examples:
   convexnn demo                                  # 2 MNIST digits, exact CVXPY dual, ~1 min
@@ -59,8 +60,9 @@ def _add_model_args(p: argparse.ArgumentParser, patterns: int) -> None:
     g.add_argument("--residual", action="store_true", help="residual network (Corollary 1.1)")
     g.add_argument("--seed", type=int, default=0, help="seed of the generators and the noise")
     s = p.add_argument_group("solver")
-    s.add_argument("--solver", choices=sorted(FIT_SOLVERS), default="cvxpy",
-                   help="how to solve eq. 4 (default cvxpy: exact conic)")
+    s.add_argument("--solver", choices=["auto", *sorted(SOLVERS)], default="auto",
+                   help="how to solve eq. 4 (default auto: the fastest exact path; ipm for "
+                        "the squared loss, with pattern pricing at large P)")
     s.add_argument("--cvxpy-solver", choices=CVXPY_SOLVERS, default="CLARABEL",
                    help="conic solver behind cvxpy (MOSEK needs a license)")
     s.add_argument("--force", action="store_true",
@@ -197,18 +199,24 @@ def _fit_and_report(noisy: torch.Tensor, clean: torch.Tensor, test: tuple | None
     model = ConvexDualDenoiser(kernel_size=args.kernel_size, n_patterns=args.patterns,
                                beta=args.beta, loss=args.loss, residual=args.residual,
                                seed=args.seed)
-    options: dict[str, Any] = {}
-    if args.solver == "cvxpy":
-        options = {"cvxpy_solver": args.cvxpy_solver, "force": args.force}
+    solver = None if args.solver == "auto" else args.solver
     n, _, h, w = noisy.shape
-    log(f"solving eq. 4 with {args.solver}"
-        + (f"/{args.cvxpy_solver}" if args.solver == "cvxpy" else "")
-        + f": {n} images of {h}x{w} (N = {n * h * w} pixels), P = {args.patterns} sampled "
-          f"patterns, beta = {args.beta}")
-    model.fit(noisy, clean, solver=args.solver, **options)
+    log(f"solving eq. 4: {n} images of {h}x{w} (N = {n * h * w} pixels), P = {args.patterns} "
+        f"sampled patterns, beta = {args.beta}")
+    options: dict[str, Any] = {}
+    chosen = solver or model.choose_solver(noisy)[0]
+    if chosen == "cvxpy":
+        options = {"cvxpy_solver": args.cvxpy_solver, "force": args.force}
+    elif chosen == "ipm":
+        options = {"progress": not args.quiet}
+    model.fit(noisy, clean, solver=solver, **options)
     sel = model.pattern_selection_
-    log(f"solved: status {model.solve_info_.status}, {model.solve_info_.total_seconds:.1f}s "
-        f"({sel.n_sampled} generators -> {model.generators_.shape[0]} distinct patterns)")
+    choice = model.solve_info_.details["solver_choice"]
+    log(f"solver {choice['solver']}"
+        + (f"/{args.cvxpy_solver}" if choice["solver"] == "cvxpy" else "")
+        + f" ({choice['reason']}): status {model.solve_info_.status}, "
+          f"{model.solve_info_.total_seconds:.1f}s ({sel.n_sampled} generators -> "
+          f"{model.generators_.shape[0]} distinct patterns)")
     report = gap_report(model, noisy, clean)
     primal = model.to_primal()
     result: dict[str, Any] = {"config": {k: v for k, v in vars(args).items()

@@ -10,7 +10,6 @@ with `v = [v_1; ...; v_P]` (pattern-major, C k^2 per block),
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from ._validation import check_in_range, check_int
+from .memory import available_memory
 from .patches import patch_matrix
 from .patterns import sign_masks
 from .problem import ConvexSolverError, DualProblem, DualSolution, SolveInfo
@@ -72,26 +72,12 @@ class CvxpySize:
     available_bytes: float
 
 
-def _available_memory() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024.0
-    except OSError:
-        pass
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
-
-
 def estimate_cvxpy_size(n_pixels: int, n_patterns: int, patch_dim: int,
                         mask_density: float = 0.5) -> CvxpySize:
     """Size of the conic program: 2 P N constraints, 2 P d variables, nonzeros of A and B."""
     nnz = int(n_pixels * n_patterns * patch_dim * (2 + mask_density))
     return CvxpySize(2 * n_patterns * n_pixels, 2 * n_patterns * patch_dim, nnz,
-                     nnz * _BYTES_PER_NONZERO, _available_memory())
+                     nnz * _BYTES_PER_NONZERO, available_memory())
 
 
 def _constraint_matrices(problem: DualProblem) -> tuple[sp.csr_matrix, sp.csr_matrix, np.ndarray]:
@@ -188,9 +174,10 @@ def solve_cvxpy(problem: DualProblem, config: CvxpyConfig | None = None) -> Dual
             f"the CVXPY program has 2 P N = {size.n_constraints:,} constraints "
             f"(limit {config.max_constraints:,}) and needs about "
             f"{size.estimated_bytes / 2**30:.1f} GiB (available "
-            f"{size.available_bytes / 2**30:.1f} GiB): use solver='admm' (exact, first-order) "
-            f"or solver='adam' (hinge-penalised, scales to the paper's size), fewer patterns or "
-            f"images, or pass force=True to build it anyway.")
+            f"{size.available_bytes / 2**30:.1f} GiB): for the squared loss use solver='ipm' "
+            f"(exact interior point with pattern pricing, the default of fit()); for l1 / Huber "
+            f"solver='admm' (exact, first-order); or fewer patterns or images, or force=True "
+            f"(--force on the command line) to build it anyway.")
     t0 = time.perf_counter()
     prob, v, w = build_cvxpy_problem(problem)
     t_build = time.perf_counter() - t0

@@ -7,9 +7,9 @@ denoiser call convention `model(x, sigma=None)`, so it plugs into the iterative 
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
+import warnings
 from dataclasses import fields
 from typing import Any
 
@@ -27,38 +27,24 @@ from ._validation import (
     check_positive,
     check_seed,
 )
+from .distributed import all_reduce_sum, dist_info, setup_distributed
 from .gated import HingeViolation, gated_predict, hinge_violation
 from .lipschitz_bound import dual_lipschitz_bound
 from .losses import LOSSES, Loss
 from .patterns import PatternSelection, check_generators, sample_generators, select_unique_patterns
 from .primal import TwoLayerConvDenoiser
 from .problem import DualProblem, DualSolution, SolveInfo
+from .solver_registry import choose_solver, get_solver
 
-__all__ = ["ConvexDualDenoiser", "FIT_SOLVERS"]
+__all__ = ["ConvexDualDenoiser"]
 
-# solver name -> (module, solve function, config class); modules are imported on first use.
-FIT_SOLVERS: dict[str, tuple[str, str, str]] = {
-    "cvxpy": ("convexnn.cvxpy_solver", "solve_cvxpy", "CvxpyConfig"),
-    "adam": ("convexnn.adam", "solve_adam", "AdamConfig"),
-    "admm": ("convexnn.admm", "solve_admm", "AdmmConfig"),
-    "ipm": ("convexnn.ipm", "solve_ipm", "IpmConfig"),
-}
-
-
-def _solver_entry(name: str):
-    name = check_choice(name, "solver", tuple(FIT_SOLVERS))
-    module_name, fn_name, config_name = FIT_SOLVERS[name]
-    module = importlib.import_module(module_name)
-    return getattr(module, fn_name), getattr(module, config_name)
-
-
-def _make_config(config_cls, config, options: dict[str, Any]):
+def _make_config(config_cls, config, options: dict[str, Any], solver: str = "this solver"):
     if config is not None and not isinstance(config, config_cls):
         raise TypeError(f"config: expected {config_cls.__name__}, got {type(config).__name__}")
     names = {f.name for f in fields(config_cls)}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for this solver; "
+        raise TypeError(f"unknown option(s) {unknown} for {solver}; "
                         f"{config_cls.__name__} accepts {sorted(names)}")
     if config is None:
         return config_cls(**options)
@@ -137,6 +123,13 @@ class ConvexDualDenoiser(nn.Module):
                 "lipschitz_bound": self.lipschitz_bound}
 
     # ------------------------------------------------------------------ fitting
+    def choose_solver(self, noisy) -> tuple[str, str]:
+        """(solver, reason) that `fit(noisy, ...)` takes without a solver argument."""
+        x = as_images(noisy, "noisy", dtype=torch.float64)
+        p = int(self.generators.shape[0]) if self.generators is not None else self.n_patterns
+        return choose_solver(self.loss, self.lipschitz_bound, x.shape[0] * x.shape[2]
+                             * x.shape[3], p, x.shape[1] * self.kernel_size ** 2)
+
     def make_problem(self, noisy, clean, eval_set=None) -> DualProblem:
         """Validate data, sample/check generators, select unique patterns (sets
         `generators_`, `pattern_selection_`, `n_channels_`) and return the eq. 4 instance."""
@@ -173,21 +166,30 @@ class ConvexDualDenoiser(nn.Module):
             problem.eval_target = ye - xe if self.residual else ye
         return problem
 
-    def fit(self, noisy, clean, solver: str = "cvxpy", config=None, eval_set=None,
+    def fit(self, noisy, clean, solver: str | None = None, config=None, eval_set=None,
             **options: Any) -> ConvexDualDenoiser:
-        """Solve eq. 4 on training pairs with `solver` (see `FIT_SOLVERS`).
+        """Solve eq. 4 on training pairs.
 
-        Solver options go in `config` (the solver's dataclass, e.g. `CvxpyConfig`) or as
-        keywords (`cvxpy_solver="SCS"`, `force=True`, ...). `eval_set=(noisy, clean)` is a
+        `solver=None` takes the fastest exact path for the problem (`convexnn.solver_registry`:
+        "ipm" for the squared loss, with pattern pricing at large P; "cvxpy" for a Lipschitz
+        bound and for l1 / Huber where it fits, else "admm"); the choice and its reason are in
+        `solve_info_.details["solver_choice"]`. Name one of `SOLVERS` to choose yourself.
+        Solver options go in `config` (the solver's dataclass, e.g. `IpmConfig`) or as
+        keywords (`progress=True`, `cvxpy_solver="SCS"`, ...). `eval_set=(noisy, clean)` is a
         held-out pair that iterative solvers score every epoch in `history_`. Raises
         `ConvexSolverError` when the solver does not reach a trustworthy solution.
         """
-        solve, config_cls = _solver_entry(solver)
-        if self.lipschitz_bound is not None and solver.lower() != "cvxpy":
-            raise ValueError(f"lipschitz_bound is enforced by solver='cvxpy' only, got "
-                             f"solver={solver!r}")
-        cfg = _make_config(config_cls, config, options)
+        reason = "named by the caller"
+        if solver is None:
+            solver, reason = self.choose_solver(noisy)
+        entry = get_solver(solver)
+        entry.check(self.loss, self.lipschitz_bound)
+        solve, config_cls = entry.load()
+        named = f"solver={entry.name!r}" + ("" if reason == "named by the caller" else
+                                             " (chosen automatically: name another solver)")
+        cfg = _make_config(config_cls, config, options, named)
         t0 = time.perf_counter()
+        shards = entry.name == "ipm" and setup_distributed(cfg.distributed).enabled
         problem = self.make_problem(noisy, clean, eval_set)
         t_patterns = time.perf_counter() - t0
         problem.lipschitz_bound = self.lipschitz_bound
@@ -201,9 +203,36 @@ class ConvexDualDenoiser(nn.Module):
                 self.v_, self.w_ = self.v_ * scale, self.w_ * scale
                 self.solve_info_.details["lipschitz_rescale"] = scale
         self.solve_info_.details["pattern_seconds"] = t_patterns
-        self.objective_ = self.objective(problem.noisy, clean, reduction="sum")
+        self.solve_info_.details["solver_choice"] = {"solver": entry.name, "reason": reason}
+        if not entry.exact:
+            self._certify_inexact(problem.noisy, clean)
+        self.objective_ = (self.objective(problem.noisy, clean, reduction="sum") if not shards
+                           else self._sharded_objective(problem.noisy, clean))
         self.solve_info_.details["fit_seconds"] = time.perf_counter() - t0
         return self
+
+    def _sharded_objective(self, noisy, clean) -> float:
+        """Eq. 4 objective over every process's shard (torchrun, solver='ipm')."""
+        local = self.loss_(self.predict(noisy), as_targets(clean, self._inputs(noisy)), "sum")
+        total = all_reduce_sum(torch.as_tensor(float(local), dtype=torch.float64), dist_info())
+        nv, nw = self.group_norms()
+        return float(total) + self.beta * float(nv.sum() + nw.sum())
+
+    def _certify_inexact(self, noisy, clean) -> None:
+        """An approximate solver's result with its certificate (App. C): lower bound and
+        certified gap over every pattern, in `solve_info_.details["certificate"]`; a warning
+        above 1%."""
+        from .certificate import certify
+
+        cert = certify(self, noisy, clean, check="exact")
+        self.solve_info_.details["certificate"] = cert.to_dict()
+        if cert.certified_gap > 0.01:
+            warnings.warn(
+                f"solver={self.solve_info_.solver!r} ended {100 * cert.certified_gap:.1f}% above "
+                f"the certified lower bound of eq. 4 (objective of the feasible projection "
+                f"{cert.feasible_objective:.6g}, lower bound {cert.lower_bound:.6g}); the exact "
+                f"path, fit(noisy, clean) or solver='ipm', solves it to the optimum",
+                RuntimeWarning, stacklevel=3)
 
     def _set_solution(self, solution: DualSolution) -> None:
         self.v_ = solution.v.to(torch.float64).cpu().contiguous()
@@ -224,7 +253,9 @@ class ConvexDualDenoiser(nn.Module):
             raise TypeError(f"expected a floating-point input (B, {self.n_channels_}, H, W), "
                             f"got dtype {x.dtype}")
         check_finite_input(x)
-        out = gated_predict(x, self.generators_, self.v_ - self.w_)
+        f = self.v_ - self.w_
+        live = f.flatten(1).abs().amax(1) > 0          # patterns whose filter is zero add 0
+        out = gated_predict(x, self.generators_[live], f[live])
         return out + x if self.residual else out
 
     def predict(self, noisy, batch_size: int = 64) -> torch.Tensor:
@@ -259,7 +290,9 @@ class ConvexDualDenoiser(nn.Module):
     def constraint_violation(self, noisy) -> HingeViolation:
         """Max, total and relative hinge violation of eq. 4's constraints on these images."""
         self._check_fitted()
-        return hinge_violation(self._inputs(noisy), self.generators_, self.v_, self.w_)
+        live = (self.v_.flatten(1).abs().amax(1) > 0) | (self.w_.flatten(1).abs().amax(1) > 0)
+        return hinge_violation(self._inputs(noisy), self.generators_[live], self.v_[live],
+                               self.w_[live])
 
     # ------------------------------------------------------------------ primal
     def to_primal(self, tol: float = 0.0) -> TwoLayerConvDenoiser:

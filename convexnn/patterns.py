@@ -75,34 +75,57 @@ def select_unique_patterns(images: torch.Tensor, generators: torch.Tensor,
     """De-duplicate the sign patterns of `generators` over `images`, drop all-zero ones.
 
     Streams over blocks of generators and images and hashes each pattern's packed bits, so no
-    `N x P` matrix is materialised.
+    `N x P` matrix is materialised. Under `torchrun` (an initialised process group) each
+    process hashes its own images and the digests are combined, so every process keeps the
+    same generators: those whose pattern over all processes' pixels is distinct and non-empty.
     """
     n_gen = generators.shape[0]
-    keep: list[int] = []
-    seen: set[bytes] = set()
-    n_dup = n_zero = 0
+    digests = np.zeros((n_gen, 20), dtype=np.uint8)
+    active = np.zeros(n_gen, dtype=bool)
     for p0 in range(0, n_gen, block_patterns):
         g = generators[p0:p0 + block_patterns]
         hashers = [hashlib.blake2b(digest_size=20) for _ in range(g.shape[0])]
-        active = np.zeros(g.shape[0], dtype=bool)
         for i0 in range(0, images.shape[0], block_images):
             m = sign_masks(images[i0:i0 + block_images], g)  # (nb, Pb, H, W)
             rows = m.transpose(0, 1).reshape(g.shape[0], -1).cpu().numpy()
-            active |= rows.any(axis=1)
+            active[p0:p0 + g.shape[0]] |= rows.any(axis=1)
             packed = np.packbits(rows, axis=1)
             for j, h in enumerate(hashers):
                 h.update(packed[j].tobytes())
         for j, h in enumerate(hashers):
-            if not active[j]:
-                n_zero += 1
-                continue
-            key = h.digest()
-            if key in seen:
-                n_dup += 1
-                continue
-            seen.add(key)
-            keep.append(p0 + j)
+            digests[p0 + j] = np.frombuffer(h.digest(), dtype=np.uint8)
+    digests, active = _combine_over_processes(digests, active)
+    keep: list[int] = []
+    seen: set[bytes] = set()
+    n_dup = n_zero = 0
+    for j in range(n_gen):
+        if not active[j]:
+            n_zero += 1
+            continue
+        key = digests[j].tobytes()
+        if key in seen:
+            n_dup += 1
+            continue
+        seen.add(key)
+        keep.append(j)
     return PatternSelection(torch.tensor(keep, dtype=torch.long), n_gen, n_dup, n_zero)
+
+
+def _combine_over_processes(digests: np.ndarray, active: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """Per generator, the digests of every process side by side and `active` on any."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return digests, active
+    d = torch.from_numpy(np.concatenate([digests, active[:, None].astype(np.uint8)], 1))
+    parts = [torch.empty_like(d) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, d)
+    both = torch.cat(parts, 1).numpy()
+    width = digests.shape[1] + 1
+    keys = np.concatenate([both[:, r * width:r * width + width - 1]
+                           for r in range(len(parts))], 1)
+    return keys, both[:, width - 1::width].any(axis=1)
 
 
 def log_arrangement_bound(n_samples: int, rank: int) -> float:

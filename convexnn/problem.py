@@ -6,6 +6,7 @@ Every solver (`cvxpy`, and the scalable ones) receives a `DualProblem` and retur
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,8 @@ import torch
 from .losses import Loss
 from .patches import n_pixels, patch_dim
 
-__all__ = ["DualProblem", "DualSolution", "SolveInfo", "ConvexSolverError", "refuse_or_warn"]
+__all__ = ["DualProblem", "DualSolution", "SolveInfo", "ConvexSolverError", "refuse_or_warn",
+           "internal_scales", "warm_start_point", "run_with_threads"]
 
 
 class ConvexSolverError(RuntimeError):
@@ -99,3 +101,55 @@ class DualSolution:
     w: torch.Tensor
     info: SolveInfo
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def internal_scales(problem: DualProblem, total=None) -> tuple[float, float]:
+    """Internal scaling of the scalable solvers: patches to unit RMS norm, labels to unit RMS
+    (undone exactly). `total(t)`, if given, sums a tensor over processes (torchrun shards)."""
+    x, y = problem.noisy.double(), problem.target.double()
+    stats = torch.stack([x.pow(2).sum(), torch.tensor(float(x.numel()), dtype=torch.float64),
+                         y.pow(2).sum(), torch.tensor(float(y.numel()), dtype=torch.float64)])
+    if total is not None:
+        stats = total(stats)
+    sx = float((stats[0] / stats[1]).sqrt()) * math.sqrt(problem.patch_dim)
+    sy = float((stats[2] / stats[3]).sqrt())
+    if not (sx > 0 and math.isfinite(sx)):
+        sx = 1.0
+    if not (sy > 0 and math.isfinite(sy)):
+        sy = 1.0
+    return sx, sy
+
+
+def warm_start_point(ws: Any, problem: DualProblem,
+                     accepts: str = "a fitted ConvexDualDenoiser or a pair (v, w)"
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(v, w)` of a warm start: a fitted model on the same generators, or a pair of tensors
+    shaped like the generators."""
+    if hasattr(ws, "v_") and hasattr(ws, "w_"):
+        g = getattr(ws, "generators_", None)
+        if g is None or g.shape != problem.generators.shape or not torch.allclose(
+                g.to(problem.generators), problem.generators):
+            raise ValueError("warm_start: the fitted model has other generators than this "
+                             "problem; pass generators=model.generators_ to the new model")
+        return ws.v_, ws.w_
+    if isinstance(ws, (tuple, list)) and len(ws) == 2:
+        v, w = (torch.as_tensor(t) for t in ws)
+        shape = tuple(problem.generators.shape)
+        if tuple(v.shape) != shape or tuple(w.shape) != shape:
+            raise ValueError(f"warm_start: expected (v, w) of shape {shape}, got "
+                             f"{tuple(v.shape)} and {tuple(w.shape)}")
+        return v, w
+    raise TypeError(f"warm_start: expected {accepts}, got {type(ws).__name__}")
+
+
+def run_with_threads(threads: int, solve, problem: DualProblem, cfg) -> DualSolution:
+    """`solve(problem, cfg)` with torch limited to `threads` (restored after); the count is
+    recorded in `solve_info_.details["num_threads"]`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        solution = solve(problem, cfg)
+    finally:
+        torch.set_num_threads(before)
+    solution.info.details["num_threads"] = threads
+    return solution

@@ -118,7 +118,7 @@ def test_other_conic_solvers_agree(small_pair, solver, rel):
     ref = ConvexDualDenoiser(beta=0.05, generators=gens).fit(noisy, clean)
     opts = {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iters": 200000} if solver == "SCS" else {}
     other = ConvexDualDenoiser(beta=0.05, generators=gens).fit(
-        noisy, clean, cvxpy_solver=solver, solver_options=opts)
+        noisy, clean, solver="cvxpy", cvxpy_solver=solver, solver_options=opts)
     assert other.solve_info_.solver == f"cvxpy/{solver}"
     assert other.objective_ == pytest.approx(ref.objective_, rel=rel)
 

@@ -65,7 +65,8 @@ def test_bad_names_and_counts(small_pair):
     with pytest.raises(ValueError, match="solver: expected one of"):
         ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, solver="newton")
     with pytest.raises(ValueError, match="cvxpy_solver: expected one of"):
-        ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, cvxpy_solver="GUROBI")
+        ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, solver="cvxpy",
+                                             cvxpy_solver="GUROBI")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['tolerance'\]"):
         ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, tolerance=1e-3)
     with pytest.raises(ValueError, match="n_patterns: expected a positive integer"):
@@ -99,18 +100,19 @@ def test_wrong_channel_count_at_predict(small_pair):
 
 def test_size_guard_names_scalable_solvers(small_pair):
     noisy, clean = small_pair
-    with pytest.raises(ProblemSizeError, match="solver='admm'.*solver='adam'.*force=True"):
-        ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, max_constraints=100)
+    with pytest.raises(ProblemSizeError, match="solver='ipm'.*solver='admm'.*--force"):
+        ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, solver="cvxpy", max_constraints=100)
     # forcing it builds and solves
-    m = ConvexDualDenoiser(n_patterns=4, beta=0.1).fit(noisy, clean, max_constraints=100,
-                                                       force=True)
+    m = ConvexDualDenoiser(n_patterns=4, beta=0.1).fit(noisy, clean, solver="cvxpy",
+                                                       max_constraints=100, force=True)
     assert m.solve_info_.status == "optimal"
 
 
 def test_mosek_without_license_is_explained(small_pair):
     noisy, clean = small_pair
     try:
-        ConvexDualDenoiser(n_patterns=3, beta=0.1).fit(noisy, clean, cvxpy_solver="MOSEK")
+        ConvexDualDenoiser(n_patterns=3, beta=0.1).fit(noisy, clean, solver="cvxpy",
+                                                       cvxpy_solver="MOSEK")
     except ConvexSolverError as exc:
         assert "licen" in str(exc) and "CLARABEL" in str(exc)
     else:  # a licensed MOSEK is present: then it must have solved
@@ -122,14 +124,15 @@ def test_solver_failure_is_reported_not_returned(small_pair):
     gens = sample_generators(6, 1, 3, seed=0)
     model = ConvexDualDenoiser(beta=0.05, generators=gens)
     with pytest.raises(ConvexSolverError, match="status") as info:
-        model.fit(noisy, clean, solver_options={"max_iter": 2})
+        model.fit(noisy, clean, solver="cvxpy", solver_options={"max_iter": 2})
     assert info.value.status not in (None, "optimal")
     assert not hasattr(model, "v_")
     assert info.value.status == "user_limit"
     # SCS stopped early reports 'optimal_inaccurate': refused unless explicitly accepted
-    scs_early = {"cvxpy_solver": "SCS", "solver_options": {"max_iters": 20}}
+    scs_early = {"solver": "cvxpy", "cvxpy_solver": "SCS", "solver_options": {"max_iters": 20}}
     with pytest.raises(ConvexSolverError, match="optimal_inaccurate"):
         model.fit(noisy, clean, **scs_early)
     with pytest.warns(RuntimeWarning, match="optimal_inaccurate"):
-        model.fit(noisy, clean, config=CvxpyConfig(allow_inaccurate=True, **scs_early))
+        model.fit(noisy, clean, solver="cvxpy", config=CvxpyConfig(
+            allow_inaccurate=True, cvxpy_solver="SCS", solver_options={"max_iters": 20}))
     assert model.solve_info_.status == "optimal_inaccurate"

@@ -6,7 +6,8 @@ import torch
 
 from convexnn import ConvexDualDenoiser, ConvexSolverError
 from convexnn.certificate import certify, enumerate_generators_2d
-from convexnn.ipm import IpmConfig, _boundary_rate, _NtScaling, _to_identity, solve_ipm
+from convexnn.ipm import IpmConfig, solve_ipm
+from convexnn.ipm_cones import NtScaling, boundary_rate, to_identity
 
 
 def _data(seed=0, n=1, h=6, channels=1):
@@ -95,17 +96,22 @@ def test_refuses_other_losses_and_large_systems():
     noisy, clean = _data()
     with pytest.raises(ValueError, match="expected loss='squared'"):
         ConvexDualDenoiser(n_patterns=4, beta=0.3, loss="l1").fit(noisy, clean, solver="ipm")
-    with pytest.raises(ValueError, match="max_dim"):
-        ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="ipm", max_dim=50)
-    with pytest.raises(ValueError, match="max_cone_entries"):
+    # what cannot fit in memory is refused before any work, naming what would fit
+    fits = r"all P = 8 patterns .* at most 7 patterns fit"
+    with pytest.raises(ConvexSolverError, match=fits) as err:
         ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="ipm",
-                                                       max_cone_entries=100)
+                                                       pricing=False, memory_limit=4e5)
+    assert err.value.status == "memory_limit"
+    with pytest.raises(ConvexSolverError, match="at most .* pixels fit"):
+        ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="ipm",
+                                                       memory_limit=1e3)
 
 
 @pytest.mark.parametrize("kw", [dict(tol=0.0), dict(tol=2.0), dict(max_iter=0),
                                 dict(step_fraction=1.0), dict(refine=-1), dict(start="origin"),
                                 dict(centrality_correctors=-1),
-                                dict(time_limit=-1.0), dict(max_dim=1.5), dict(working_rows=-1)])
+                                dict(time_limit=-1.0), dict(pricing_batch=0), dict(working_rows=-1),
+                                dict(pricing=1), dict(memory_limit=-1.0)])
 def test_bad_config(kw):
     with pytest.raises((ValueError, TypeError)):
         IpmConfig(**kw)
@@ -127,10 +133,10 @@ def test_soc_step_is_the_boundary():
     e = torch.zeros(dim, dtype=torch.float64)
     e[0] = 1.0
     s, z = _interior(rng, n, dim), _interior(rng, n, dim)
-    nt = _NtScaling(s, z, jd)
+    nt = NtScaling(s, z, jd)
     lam = nt.apply(z)
     assert torch.allclose(nt.apply_inv(s), lam, rtol=1e-10, atol=1e-12)
-    g = _to_identity(lam, jd)
+    g = to_identity(lam, jd)
     assert torch.allclose(torch.bmm(g, lam[:, :, None])[:, :, 0], e.expand(n, dim), atol=1e-10)
 
     def inside(x):
@@ -138,7 +144,7 @@ def test_soc_step_is_the_boundary():
 
     for u, dmap in ((s, g @ nt.winv), (z, g @ nt.w)):
         du = torch.from_numpy(rng.standard_normal((n, dim)))
-        rate = _boundary_rate(torch.bmm(dmap, du[:, :, None])[:, :, 0])
+        rate = boundary_rate(torch.bmm(dmap, du[:, :, None])[:, :, 0])
         for i in range(n):
             if rate[i] > 0:
                 a = 1.0 / float(rate[i])
@@ -249,10 +255,10 @@ def test_too_small_working_set_adds_the_violated_rows(digit_pair):
 
 @pytest.mark.parametrize("reduced_fails", [False, True])
 def test_newton_solver_reduced_and_full_factorisations(monkeypatch, reduced_fails):
-    """`_NewtonSolver` solves `H du = r`, `H = [[K, -K], [-K, K]] + blockdiag(S_g)`, through
+    """`NewtonSolver` solves `H du = r`, `H = [[K, -K], [-K, K]] + blockdiag(S_g)`, through
     the P d matrix `K + S_v Sigma^{-1} S_w`; where that one cannot be factored (rounding at
     large N, simulated here) it factors H itself and gives the same solution."""
-    import convexnn.ipm as ipm
+    import convexnn.ipm_newton as ipm
 
     rng = np.random.default_rng(5)
     p, d = 4, 3
@@ -263,15 +269,15 @@ def test_newton_solver_reduced_and_full_factorisations(monkeypatch, reduced_fail
     blk[0] *= 1e6                                     # one strongly active group
     btt = torch.ones(2 * p, dtype=torch.float64)
     btu = torch.zeros((2 * p, d), dtype=torch.float64)
-    real = ipm._cholesky
+    real = ipm.cholesky_shifted
 
     def cholesky(h, upper=False):
         if reduced_fails and h.shape[-1] == p * d:
             raise ConvexSolverError("simulated breakdown", "numerical_error")
         return real(h, upper)
 
-    monkeypatch.setattr(ipm, "_cholesky", cholesky)
-    solver = ipm._NewtonSolver(kg, blk, btt, btu, p, refine=0, accuracy=0.0)
+    monkeypatch.setattr(ipm, "cholesky_shifted", cholesky)
+    solver = ipm.NewtonSolver(kg, blk, btt, btu, p, refine=0, accuracy=0.0)
     assert (solver.full is not None) == reduced_fails
     h = torch.block_diag(*blk) + torch.cat([torch.cat([kg, -kg], 1), torch.cat([-kg, kg], 1)])
     r = torch.from_numpy(rng.standard_normal((2 * p, d)))
