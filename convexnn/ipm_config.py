@@ -32,7 +32,11 @@ class IpmConfig:
     bound `||X^T D_i lambda||`, then the exact cone-restricted value of App. C where the gated
     bound exceeds beta), adds at most `pricing_batch` violators per round and stops when no
     candidate's value exceeds `beta (1 + pricing_tol)`. The final lower bound and certified gap
-    cover every candidate pattern (`solve_info_.details["certified_gap"]`). `checkpoint_path`:
+    cover every candidate pattern (`solve_info_.details["certified_gap"]`). Coarse to fine:
+    the problem is first solved on a seeded sample of 1 / `pricing_coarse` of the pixels (beta
+    per pixel fixed; recursively while a level keeps `coarse_min_pixels`), whose support
+    starts the working set of the next level (`pricing_coarse=1`: off); only the last level,
+    on every pixel, is solved to the certified optimum. `checkpoint_path`:
     the working set is saved atomically after every round and a run resumes from it
     (`resume=True`); `warm_start`: a fitted model or `(v, w)` on the same generators whose
     largest groups start the working set (e.g. from `solver="adam"`).
@@ -78,6 +82,8 @@ class IpmConfig:
     pricing_above: int = 256
     pricing_batch: int = 100
     pricing_tol: float = 1e-7
+    pricing_coarse: int = 4
+    coarse_min_pixels: int = 25_000
     max_rounds: int = 200
     memory_limit: float | None = None
     checkpoint_path: str | None = None
@@ -109,6 +115,8 @@ class IpmConfig:
         check_int(self.pricing_above, "pricing_above", 0)
         check_int(self.pricing_batch, "pricing_batch")
         check_in_range(self.pricing_tol, "pricing_tol", 0.0, 1.0)
+        check_int(self.pricing_coarse, "pricing_coarse")
+        check_int(self.coarse_min_pixels, "coarse_min_pixels")
         check_int(self.max_rounds, "max_rounds")
         if self.memory_limit is not None:
             check_positive(self.memory_limit, "memory_limit")

@@ -42,6 +42,15 @@ class PatternRows:
         self.offset = int(sizes[:self.info.rank].sum()) if self.info.enabled else 0
         self.n_global = int(sizes.sum()) if self.info.enabled else self.n
 
+    def subset(self, fraction: int, seed: int = 0) -> tuple[PatternRows, torch.Tensor]:
+        """A seeded uniform sample of `1 / fraction` of this process's rows (a coarse level of
+        the same program; a regular stride would sample fixed columns of every image) and the
+        indices of the rows taken."""
+        gen = torch.Generator().manual_seed(seed + 7919 * self.info.rank)
+        idx = torch.randperm(self.n, generator=gen)[:max(1, self.n // fraction)].sort().values
+        idx = idx.to(self.device)
+        return PatternRows(self.xu[idx] * self.norms[idx, None], self.info), idx
+
     # ------------------------------------------------------------------ collectives
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         """Concatenate `t` over processes along dim 0 (the same shape on every process)."""

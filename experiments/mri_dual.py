@@ -179,7 +179,7 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
         t = time.perf_counter()
         dual.fit(xtr, ytr, solver="ipm", eval_set=(xte, yte), config=IpmConfig(
             tol=a.ipm_tol, feas_tol=min(1e-8, a.ipm_tol), verbose=not a.quiet,
-            max_dim=10_000, max_cone_entries=60_000_000, working_rows=a.ipm_working_rows))
+            working_rows=a.ipm_working_rows))
         t_dual = time.perf_counter() - t
         pruned = TwoLayerConvDenoiser.from_weights(
             primal.conv1.weight.detach()[top], primal.conv2.weight.detach().reshape(-1)[top],

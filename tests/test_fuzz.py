@@ -127,7 +127,7 @@ PENDING_TRAINER: tuple[tuple[type[BaseException], str], ...] = ()
 # refusals of valid-looking input that depend on the data: documented, not faults
 VALID_REFUSALS = (r"all-zero sign pattern|batch_(size|pixels)=\d+ is larger than|lr and rho: "
                   r"expected values that fit in torch.float32|solver='ipm': expected "
-                  r"loss='squared'")
+                  r"loss in \['squared'\]")
 
 
 def check_message(exc: BaseException, names: tuple[str, ...]) -> None:
