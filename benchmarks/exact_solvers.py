@@ -54,10 +54,17 @@ def _run(queue, solver, n_images, n_patterns, beta, opts):
     solver, extra = FIT.get(solver, (solver, {}))
     if solver == "scnn":
         return queue.put(_scnn(noisy, clean, n_patterns, beta, opts))
+    from convexnn.io import load_model, save_model
+    opts = dict(opts)
+    save_to, warm_from = opts.pop("save_to", None), opts.pop("warm_from", None)
     t0 = time.perf_counter()
     try:
+        if warm_from:
+            opts["warm_start"] = load_model(warm_from)
         m = ConvexDualDenoiser(n_patterns=n_patterns, beta=beta).fit(
             noisy, clean, solver=None if solver == "auto" else solver, **opts, **extra)
+        if save_to:
+            save_model(m, save_to)
         info = m.solve_info_
         d = info.details
         nv, nw = m.group_norms()
@@ -167,14 +174,25 @@ def paper_scale(args, say) -> dict:
     """600 MNIST digits x 8,000 patterns (k = 3, sigma 0.5, beta = 1e-3 per pixel): the exact
     path of fit() against Adam on the same patterns; on 2 digits x 60 patterns, fit() against
     CVXPY + Clarabel and scnn's AL solver, all in this run."""
+    path = Path(args.out) / "exact_solvers_paper_scale.json"
+    old = json.loads(path.read_text()) if args.resume and path.exists() else {}
+
+    def cell(group, name, fn, needs=None):   # a cell of an earlier run is kept (--resume)
+        if name in old.get(group, {}) and "status" in old[group][name] and (
+                needs is None or needs.exists()):
+            return old[group][name]
+        return fn()
+
     out = {"two_digits": {"n_images": 2, "n_patterns": 60, "beta": 1e-3}}
     two = out["two_digits"]
-    two["fit() default"] = run_repeated("auto", 2, 60, 1e-3, {}, args.time_limit, args.repeats)
-    two["cvxpy/CLARABEL"] = run("cvxpy", 2, 60, 1e-3, {"cvxpy_solver": "CLARABEL"},
-                                args.time_limit)
+    two["fit() default"] = cell("two_digits", "fit() default", lambda: run_repeated(
+        "auto", 2, 60, 1e-3, {}, args.time_limit, args.repeats))
+    two["cvxpy/CLARABEL"] = cell("two_digits", "cvxpy/CLARABEL", lambda: run(
+        "cvxpy", 2, 60, 1e-3, {"cvxpy_solver": "CLARABEL"}, args.time_limit))
     for name, opts in (("scnn AL (its defaults)", {}),
                        ("scnn AL (tol 1e-10)", {"tol": 1e-10, "constraint_tol": 1e-10})):
-        two[name] = run("scnn", 2, 60, 1e-3, opts, args.time_limit)
+        two[name] = cell("two_digits", name, lambda o=opts: run("scnn", 2, 60, 1e-3, o,
+                                                                args.time_limit))
     ref = two["cvxpy/CLARABEL"].get("objective")
     for key, r in [(k, v) for k, v in two.items() if isinstance(v, dict)]:
         if ref and "objective" in r:
@@ -187,19 +205,30 @@ def paper_scale(args, say) -> dict:
     beta = 1e-3 * 784 * n
     paper = out["paper"] = {"n_images": n, "n_pixels": 784 * n, "n_patterns": p,
                             "beta": beta, "beta_per_pixel": 1e-3, "sigma": 0.5}
-    exact = paper["exact (fit() default)"] = run("auto", n, p, beta, {"progress": True},
-                                                 args.time_limit)
+    exact = paper["exact (fit() default)"] = cell("paper", "exact (fit() default)", lambda: run(
+        "auto", n, p, beta, {"progress": True}, args.time_limit))
     say("paper exact", {k: v for k, v in exact.items() if k not in ("pricing_rounds",)})
     opt = exact.get("objective")
     if opt is not None:
-        adam = paper["adam"] = run("adam", n, p, beta, {
+        adam_file = Path(args.out) / "exact_solvers_paper_scale_adam.safetensors"
+        adam = paper["adam"] = cell("paper", "adam", lambda: run("adam", n, p, beta, {
             "epochs": args.adam_epochs, "progress": False, "max_seconds": args.adam_seconds,
-            "stop_below": 1.01 * opt}, args.adam_seconds + 3600)
+            "stop_below": 1.01 * opt, "save_to": str(adam_file)}, args.adam_seconds + 3600),
+            needs=adam_file)
         traj = adam.get("trajectory", [])
         adam["seconds_to_1pct"] = _first_within(traj, 1.01 * opt)
         if "primal_objective" in adam:
             adam["primal_relative_to_exact"] = adam["primal_objective"] / opt - 1
         say("paper adam", {k: v for k, v in adam.items() if k != "trajectory"})
+        if adam_file.exists():   # the exact path warm-started from Adam's largest groups
+            warm = paper["exact warm-started from adam"] = cell(
+                "paper", "exact warm-started from adam", lambda: run(
+                    "auto", n, p, beta, {"progress": True, "warm_from": str(adam_file)},
+                    args.time_limit))
+            if "objective" in warm:
+                warm["relative_to_cold"] = warm["objective"] / opt - 1
+            say("paper exact from adam", {k: v for k, v in warm.items()
+                                          if k not in ("pricing_rounds",)})
     return out
 
 
@@ -260,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--adam-seconds", type=float, default=1800.0,
                     help="time budget of Adam in --paper-scale (default %(default)s)")
     ap.add_argument("--adam-epochs", type=int, default=30)
+    ap.add_argument("--resume", action="store_true",
+                    help="--paper-scale: keep the cells of an earlier run's JSON, run the rest")
     ap.add_argument("--time-limit", type=float, default=600.0)
     ap.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS,
                     help="which solvers to run")

@@ -16,19 +16,28 @@ cached mask: at k = 3 recomputing costs less than reading even a bit-packed mask
 so masks are never materialised (this is the "chosen automatically" answer for every size).
 
 Two implementations with identical semantics: a C++/OpenMP kernel compiled on first use with
-`torch.utils.cpp_extension.load_inline` (CPU, float32/float64; vectorised over patterns,
-parallel over pattern blocks, deterministic for a fixed thread count), and a blocked torch
+`torch.utils.cpp_extension.load_inline` into convexnn's cache folder (`$CONVEXNN_CACHE_DIR`,
+default `~/.cache/convexnn/torch_extensions`), one build per source, flags, torch version,
+Python environment and CPU, announced on screen while it compiles (CPU, float32/float64;
+vectorised over patterns, parallel over pattern blocks, deterministic for a fixed thread
+count), and a blocked torch
 implementation (any device, used on GPU and when no compiler is available).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import sys
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+
+from .kernels.build import cache_dir
 
 __all__ = ["HingePass", "hinge_pass", "data_grad", "cpp_kernel_available"]
 
@@ -185,6 +194,25 @@ _cpp_module = None
 _cpp_failed: str | None = None
 
 
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+
+
+def _build_location() -> tuple[str, Path]:
+    """(extension name, build folder) keyed by the source, the flags, torch's version, the
+    Python environment and the CPU's feature flags: a build is reused only where it was made
+    for (`-march=native` code never meets another CPU; another venv or torch gets its own)."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu += next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    key = hashlib.sha256("\0".join([_CPP_SOURCE, _CPP_DECL, " ".join(_CFLAGS),
+                                     torch.__version__, sys.prefix, cpu]).encode())
+    digest = key.hexdigest()[:16]
+    return f"convexnn_hinge_{digest}", cache_dir() / "torch_extensions" / digest
+
+
 def _load_cpp():
     global _cpp_module, _cpp_failed
     if _cpp_module is not None or _cpp_failed is not None:
@@ -198,11 +226,16 @@ def _load_cpp():
         try:
             from torch.utils.cpp_extension import load_inline
 
+            name, folder = _build_location()
+            if not any(folder.glob(f"{name}*.so")):
+                print(f"convexnn: compiling the C++ hinge kernel of solver='adam' once for this "
+                      f"environment and CPU (about a minute) into {folder}", file=sys.stderr,
+                      flush=True)
+            folder.mkdir(parents=True, exist_ok=True)
             _cpp_module = load_inline(
-                name="convexnn_hinge_v3", cpp_sources=[_CPP_DECL, _CPP_SOURCE],
-                functions=["pass1", "pass2"],
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
-                extra_ldflags=["-fopenmp"], verbose=False)
+                name=name, cpp_sources=[_CPP_DECL, _CPP_SOURCE], functions=["pass1", "pass2"],
+                extra_cflags=_CFLAGS, extra_ldflags=["-fopenmp"], build_directory=str(folder),
+                verbose=False)
         except Exception as exc:  # no compiler / headers: fall back to torch
             _cpp_failed = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"convexnn: the C++ hinge kernel could not be built ({_cpp_failed}); "

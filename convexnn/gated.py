@@ -47,16 +47,21 @@ class HingeViolation:
 
 
 def hinge_violation(x: torch.Tensor, generators: torch.Tensor, v: torch.Tensor,
-                    w: torch.Tensor, block_patterns: int = 512) -> HingeViolation:
+                    w: torch.Tensor, block_patterns: int = 512,
+                    block_elements: int = 2 ** 25) -> HingeViolation:
     vmax, total, scale = 0.0, 0.0, 0.0
     g_all = generators.to(device=x.device, dtype=x.dtype)
     v_all = v.to(device=x.device, dtype=x.dtype)
     w_all = w.to(device=x.device, dtype=x.dtype)
+    per_image = 3 * min(block_patterns, max(g_all.shape[0], 1)) * x.shape[2] * x.shape[3]
+    nb = max(1, block_elements // per_image)           # images per pass: bounded temporaries
     with torch.no_grad():
-        for p0 in range(0, g_all.shape[0], block_patterns):
+        for p0, i0 in ((p, i) for p in range(0, g_all.shape[0], block_patterns)
+                       for i in range(0, x.shape[0], nb)):
             g = g_all[p0:p0 + block_patterns]
             pb = g.shape[0]
-            maps = conv_same(x, torch.cat([g, v_all[p0:p0 + pb], w_all[p0:p0 + pb]], 0))
+            maps = conv_same(x[i0:i0 + nb],
+                             torch.cat([g, v_all[p0:p0 + pb], w_all[p0:p0 + pb]], 0))
             sign = 2.0 * (maps[:, :pb] >= 0).to(x.dtype) - 1.0
             lin = maps[:, pb:]
             viol = torch.relu(-sign.repeat(1, 2, 1, 1) * lin)

@@ -29,6 +29,9 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
                   metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)        # like any file the user writes (mkstemp: 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -96,8 +99,9 @@ def _from_header(header: dict, tensors: dict[str, torch.Tensor]
                        f"{tuple(model.generators_.shape)}")
     from .problem import SolveInfo
 
-    model.solve_info_ = SolveInfo(solver=header.get("solver", "loaded"),
-                                  status=header.get("status", "loaded"))
+    model.solve_info_ = SolveInfo(solver=header.get("solver", "unknown"), status="loaded",
+                                  details={"loaded_from_file": True,
+                                           "fit_status": header.get("status", "unknown")})
     model.history_ = []
     if header.get("objective") is not None:
         model.objective_ = float(header["objective"])

@@ -124,6 +124,7 @@ def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
         u, status, it, pobj = run.point.u, run.status, rr.iterations, run.pobj
         details = {"pricing": False, "relative_gap": run.rel_gap, "gap": run.gap * s.sy ** 2,
                    "lower_bound": (run.pobj - run.gap) * s.sy ** 2, "r_primal": run.pres,
+                   "certified_gap": run.gap / max(abs(run.pobj), 1e-300),
                    "r_dual": run.dres, "regularization": rr.regularization,
                    "working_rows": rr.rows, "screening_rounds": rr.rounds}
         gap_ok = run.rel_gap

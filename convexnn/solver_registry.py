@@ -4,15 +4,17 @@ objects), and the rule `fit()` follows when no solver is named.
     solver  exact  losses              Lipschitz bound  devices    use it for
     ipm     yes    squared             no               cpu, cuda  the default (pricing at large P)
     cvxpy   yes    squared, l1, huber  yes              cpu        l1 / Huber, Lipschitz bound
-    admm    yes*   squared, l1, huber  no               cpu, cuda  l1 / Huber beyond CVXPY's size
+    admm    yes*   squared, l1, huber  no               cpu, cuda  l1 / Huber beyond CVXPY (slow)
     adam    no     squared, l1, huber  no               cpu, cuda  App. B; ends with a certified gap
 
 (*) to its tolerance, with a duality-gap certificate; slow (a first-order method).
 
 Rule of `fit(noisy, clean)` (`choose_solver`): a Lipschitz bound -> cvxpy (the only solver
 that enforces it); squared loss -> ipm (pattern pricing once P > 256 or the Newton system of
-every pattern would not fit); l1 / Huber -> cvxpy when the conic program fits CVXPY's size
-guard, else admm. The choice and its reason are recorded in `solve_info_.details`.
+every pattern would not fit); l1 / Huber -> cvxpy (its size guard refuses what will not fit and
+names admm, the exact first-order alternative). admm is never chosen automatically: on the
+2-digit demo problem it needs far more than its default 20,000 iterations (docs/admm.md). The
+choice and its reason are recorded in `solve_info_.details`.
 """
 
 from __future__ import annotations
@@ -82,12 +84,4 @@ def choose_solver(loss: str, lipschitz_bound: float | None, n_pixels: int, n_pat
     if loss == "squared":
         return "ipm", ("squared loss: exact interior point (pattern pricing keeps only the "
                        "patterns that matter at large P)")
-    from .cvxpy_solver import CvxpyConfig, estimate_cvxpy_size
-
-    cfg = CvxpyConfig()
-    size = estimate_cvxpy_size(n_pixels, n_patterns, patch_dim)
-    if (size.n_constraints <= cfg.max_constraints
-            and size.estimated_bytes <= cfg.max_memory_fraction * size.available_bytes):
-        return "cvxpy", f"{loss} loss: exact conic solve (CVXPY + Clarabel) fits in memory"
-    return "admm", (f"{loss} loss: too large for CVXPY ({size.n_constraints:,} cone rows); "
-                    f"exact first-order splitting")
+    return "cvxpy", f"{loss} loss: exact conic solve (CVXPY + Clarabel); ipm is squared-only"

@@ -66,18 +66,28 @@ def test_gap_report_table_and_json(tmp_path, model_and_data):
 
 def test_cli_demo_writes_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--n-train", "1", "--n-test", "2", "--patterns", "6", "--out",
+    code = main(["demo", "--n-train", "4", "--n-test", "2", "--patterns", "40", "--out",
                  str(out), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "relative gap" in printed and "held-out (2 images)" in printed
-    result = json.loads((out / "gap_report.json").read_text())
-    assert result["train"]["relative_gap"] < 1e-5
-    assert result["test"]["n_images"] == 2
+    assert "certified gap" in printed and "held-out PSNR" in printed
+    result = json.loads((out / "demo.json").read_text())
+    o = result["objectives"]
+    # exact: the rebuilt primal has the dual's objective, the lower bound is within 1e-6
+    assert result["status"] == "optimal" and result["certified_gap"] <= 1e-6
+    assert o["exact_rebuilt_primal_eq2"]["sum"] == pytest.approx(o["exact_dual_eq4"]["sum"],
+                                                                 rel=1e-7)
+    assert o["certified_lower_bound"]["sum"] <= o["exact_dual_eq4"]["sum"]
+    assert o["exact_dual_eq4"]["per_pixel"] == pytest.approx(
+        o["exact_dual_eq4"]["sum"] / (4 * 28 * 28))
+    # a network of the same width trained by Adam for the same time is not below the optimum
+    assert o["adam_primal_eq2"]["sum"] >= o["certified_lower_bound"]["sum"]
+    assert result["sigma_scale"] == "[0, 1] pixels"
     assert (out / "reconstructions.png").stat().st_size > 10_000
     assert isinstance(load_model(out / "model.safetensors"), ConvexDualDenoiser)
-    # the dual beats the noisy input on PSNR for the training digit
-    assert result["psnr"]["dual (eq. 4)"][0] > result["psnr"]["noisy"][0] + 3
+    # the exact dual beats the noisy input on held-out PSNR
+    psnr = result["test_psnr_db"]
+    assert psnr["exact convex (eq. 4)"] > psnr["noisy"] + 3
 
 
 def test_cli_fit_and_gap_on_user_files(tmp_path, mnist_digits, capsys):
@@ -110,9 +120,10 @@ def test_cli_errors_and_exit_codes(tmp_path, capsys):
     np.save(tmp_path / "c.npy", np.zeros((2, 8, 8)))
     assert main(["fit", "--clean", str(tmp_path / "c.npy"), "--out", str(tmp_path)]) == 2
     assert "exactly one of --noisy and --sigma" in capsys.readouterr().err
-    assert main(["demo", "--n-train", "1", "--n-test", "0", "--patterns", "4", "--kernel-size",
-                 "4", "--out", str(tmp_path / "d"), "--quiet"]) == 2
-    assert "kernel_size" in capsys.readouterr().err
+    assert main(["fit", "--pairs", str(tmp_path / "c.npy"), "--kernel-size", "4", "--out",
+                 str(tmp_path / "d"), "--quiet"]) == 2
+    assert main(["demo", "--n-train", "0", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "--n-train: expected a positive integer" in capsys.readouterr().err
     assert main(["fit", "--pairs", str(tmp_path / "missing.npz"), "--out", str(tmp_path)]) == 2
     assert main([]) == 2
     with pytest.raises(SystemExit):

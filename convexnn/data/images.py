@@ -60,10 +60,28 @@ def _check_finite(x: np.ndarray, where: str) -> None:
         raise ValueError(f"{where}: expected finite pixel values, found {bad} NaN/Inf entries")
 
 
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP",
+          b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+
+
+def _sniff(path: Path) -> None:
+    """Refuse a file whose first bytes are not those of a PNG, JPEG, BMP or TIFF image
+    (a text file named .png would otherwise reach an image plug-in's confusing message)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as err:
+        raise ValueError(f"{path}: could not open: {err}") from err
+    if not any(head.startswith(m) for m in _MAGIC):
+        raise ValueError(f"{path}: expected a PNG, JPEG, BMP or TIFF image, but the file does "
+                         f"not start like one (first bytes {head[:8]!r})")
+
+
 def _read_image(path: Path, grayscale: bool) -> np.ndarray:
     """One image file -> float64 (C, H, W) in [0, 1] for integer files."""
     from skimage.io import imread
 
+    _sniff(path)
     try:
         img = imread(str(path))
     except Exception as err:  # noqa: BLE001 - re-raised with the file name
