@@ -28,9 +28,9 @@ import cvxpy as cp
 import numpy as np
 
 from convexnn import ConvexDualDenoiser
-from convexnn.adam import AdamConfig
 from convexnn.data import NoiseConfig, add_noise, mnist_denoising_split
-from convexnn.patches import patch_matrix
+from convexnn.model.patches import patch_matrix
+from convexnn.solve.adam.solver import AdamConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

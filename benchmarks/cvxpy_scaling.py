@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere without installing
-    sys.path.insert(0, str(REPO_ROOT))
 
 PIXELS_PER_IMAGE = 28 * 28
 DEFAULT_SIZES = (784, 1568, 3136)
@@ -117,7 +115,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         sample_generators,
         sign_masks,
     )
-    from convexnn.cvxpy_solver import estimate_cvxpy_size
+    from convexnn.solve.conic import estimate_cvxpy_size
 
     n_images, n_patterns, solver = spec["n_images"], spec["n_patterns"], spec["solver"]
     versions = _versions()   # per case: the parent's record says nothing if the venv changes
@@ -288,16 +286,16 @@ def _bytes_per_nonzero(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "note": "nnz = structural nonzeros of A and B (9 (sum of masks + P N)); "
                 "nnz_formula = N P 9 2.5 as in the issue and in estimate_cvxpy_size (the count "
-                "_BYTES_PER_NONZERO multiplies). peak = VmHWM of the case's process, "
+                "BYTES_PER_NONZERO multiplies). peak = VmHWM of the case's process, "
                 "increment = peak - RSS just before fit (imports + data excluded). "
                 "slope = least-squares d(increment)/d(nnz) over the solved cases of that "
                 "solver (the pre-fit RSS depends on what importing convexnn loads, so the "
                 "increment, not the peak, is the problem's memory). "
-                "Compare with convexnn.cvxpy_solver._BYTES_PER_NONZERO.",
+                "Compare with convexnn.solve.conic.BYTES_PER_NONZERO.",
     }
     try:
-        from convexnn.cvxpy_solver import _BYTES_PER_NONZERO
-        out["current_estimate_bytes_per_nonzero"] = _BYTES_PER_NONZERO
+        from convexnn.solve.conic import BYTES_PER_NONZERO
+        out["current_estimate_bytes_per_nonzero"] = BYTES_PER_NONZERO
     except Exception:  # noqa: BLE001
         pass
     per_solver: dict[str, Any] = {}
@@ -438,9 +436,9 @@ def make_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     import numpy as np
 
     try:
-        from convexnn.cvxpy_solver import _BYTES_PER_NONZERO
+        from convexnn.solve.conic import BYTES_PER_NONZERO
     except Exception:  # noqa: BLE001
-        _BYTES_PER_NONZERO = None
+        BYTES_PER_NONZERO = None
     solvers = list(dict.fromkeys(r["solver"] for r in rows))
     sizes = sorted({r["n_pixels"] for r in rows})
     colors = dict(zip(solvers, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
@@ -482,10 +480,10 @@ def make_plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
                     ax_o.plot([r["n_pixels"] * r["n_patterns"] for r in od],
                               [max(abs(r["rel_obj_diff"]), 1e-16) for r in od], label=label,
                               **kw)
-    if _BYTES_PER_NONZERO is not None:
+    if BYTES_PER_NONZERO is not None:
         xs = np.array(sorted({r["n_pixels"] * r["n_patterns"] for r in rows}), float)
-        ax_m.plot(xs, xs * 9 * 2.5 * _BYTES_PER_NONZERO / MIB, "k--", marker="_", lw=1,
-                  label=f"library estimate (increment): {_BYTES_PER_NONZERO:g} B x N P 9 2.5")
+        ax_m.plot(xs, xs * 9 * 2.5 * BYTES_PER_NONZERO / MIB, "k--", marker="_", lw=1,
+                  label=f"library estimate (increment): {BYTES_PER_NONZERO:g} B x N P 9 2.5")
     ax_t.set(xscale="log", yscale="log", xlabel="N x P", ylabel="build + compile + solve [s]",
              title="CVXPY total time (x: timeout / failure; ring: inaccurate)")
     ax_m.set(xscale="log", yscale="log", xlabel="N x P",
@@ -552,7 +550,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if bad:
         ap.error(f"--sizes: N must be a multiple of {PIXELS_PER_IMAGE} (whole 28x28 digits), "
                  f"got {bad}")
-    from convexnn.cvxpy_solver import CVXPY_SOLVERS
+    from convexnn.solve.conic import CVXPY_SOLVERS
     unknown = [s for s in args.solvers if s not in CVXPY_SOLVERS]
     if unknown:
         ap.error(f"--solvers: unknown {unknown}; choose from {list(CVXPY_SOLVERS)}")

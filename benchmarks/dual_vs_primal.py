@@ -16,12 +16,10 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def _bandwidth_gbs(mb: int = 256, reps: int = 5) -> float:
@@ -40,7 +38,8 @@ def _bandwidth_gbs(mb: int = 256, reps: int = 5) -> float:
 
 def _child(which, args, q):
     import torch
-    from _mnist_common import BETA_MEAN, load_data, run_dual, run_primal
+
+    from experiments.mnist_setup import BETA_MEAN, load_data, run_dual, run_primal
 
     x, y, xe, ye = load_data(args["n_train"], args["n_test"], 0.5)
     beta = BETA_MEAN * x.shape[0] * x.shape[2] * x.shape[3]

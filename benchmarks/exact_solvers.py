@@ -100,7 +100,7 @@ def _scnn(noisy, clean, n_patterns, beta, opts):
     import torch
 
     from convexnn import ConvexDualDenoiser
-    from convexnn.patches import patch_matrix
+    from convexnn.model.patches import patch_matrix
     t0 = time.perf_counter()
     try:
         from scnn.metrics import Metrics

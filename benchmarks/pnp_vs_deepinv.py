@@ -22,10 +22,10 @@ import torch
 
 from convexnn import ConvexDualDenoiser
 from convexnn.data.training_patches import natural_image_patches
-from solvers import deepinv_adapter as ad
-from solvers.dncnn import DnCNN
-from solvers.operators import Blur
-from solvers.pnp import PnPConfig, pnp_pgd
+from convexnn.solvers import deepinv_adapter as ad
+from convexnn.solvers.dncnn import DnCNN
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import PnPConfig, pnp_pgd
 
 
 def _kernel(use_levin: bool) -> np.ndarray:

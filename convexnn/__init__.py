@@ -1,12 +1,15 @@
 """convexnn: exact convex duals of two-layer convolutional ReLU denoisers.
 
 Sahiner, Mardani, Ozturkler, Pilanci, Pauly, "Convex Regularization behind Neural
-Reconstruction", ICLR 2021: sample ReLU sign patterns, solve the convex program (eq. 4),
-rebuild the primal network (eq. 5) and check that the objectives meet.
+Reconstruction", ICLR 2021: sample ReLU sign patterns, solve the convex program (eq. 4) to a
+certified optimum, rebuild the primal network (eq. 5) and check that the objectives meet.
+This module is the public surface; the layout behind it is in docs/architecture.md, the
+iterative reconstruction solvers are `convexnn.solvers`.
 """
 
-from .cvxpy_solver import CvxpyConfig, ProblemSizeError
-from .deep import (
+from convexnn.analysis.certificate import Certificate, certify
+from convexnn.analysis.gap import GapReport, gap_report
+from convexnn.deep import (
     GreedyConvexStack,
     GreedyStackConfig,
     UnrolledDenoiser,
@@ -14,9 +17,8 @@ from .deep import (
     save_stack,
     train_unrolled,
 )
-from .dual import ConvexDualDenoiser
-from .gap import GapReport, gap_report
-from .interpret import (
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.interpret import (
     PatchClusters,
     PathSparsity,
     beta_sparsity_sweep,
@@ -27,18 +29,39 @@ from .interpret import (
     path_norm,
     path_sparsity,
 )
-from .losses import Loss
-from .patches import patch_matrix
-from .patterns import arrangement_bound, sample_generators, select_unique_patterns, sign_masks
-from .primal import TwoLayerConvDenoiser
-from .problem import ConvexSolverError
+from convexnn.io import load_model, save_model
+from convexnn.model.losses import Loss
+from convexnn.model.patches import patch_matrix
+from convexnn.model.patterns import (
+    arrangement_bound,
+    sample_generators,
+    select_unique_patterns,
+    sign_masks,
+)
+from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.model.problem import ConvexSolverError
+from convexnn.solve.adam.solver import AdamConfig
+from convexnn.solve.admm.solver import AdmmConfig
+from convexnn.solve.conic import CvxpyConfig, ProblemSizeError
+from convexnn.solve.ipm.config import IpmConfig
+from convexnn.solve.registry import SOLVERS, Solver, choose_solver
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvexDualDenoiser",
     "TwoLayerConvDenoiser",
+    "IpmConfig",
     "CvxpyConfig",
+    "AdmmConfig",
+    "AdamConfig",
+    "SOLVERS",
+    "Solver",
+    "choose_solver",
+    "certify",
+    "Certificate",
+    "save_model",
+    "load_model",
     "ConvexSolverError",
     "ProblemSizeError",
     "GapReport",

@@ -3,7 +3,7 @@
 `J = (I + Q) / 2` is firmly nonexpansive iff `Q` is nonexpansive (Pesquet et al. 2021, the
 PnP convergence condition). Here Q is the two-layer primal rebuilt (eq. 5) from a dual fitted on
 targets `2 y - x` (so that J maps x to y) under the convex constraint `Lip(Q) <= 1` of
-`convexnn.lipschitz_bound`; the guarantee holds by construction and is certified by
+`convexnn.model.lipschitz`; the guarantee holds by construction and is certified by
 `lipschitz_certificate`.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import as_images, as_targets
-from .dual import ConvexDualDenoiser
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.validation import as_images, as_targets
 
 __all__ = ["FirmlyNonexpansiveDenoiser", "fit_firmly_nonexpansive"]
 

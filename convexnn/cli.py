@@ -23,12 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cvxpy_solver import CVXPY_SOLVERS, ProblemSizeError
-from .dual import ConvexDualDenoiser
-from .gap import gap_report
-from .losses import LOSSES
-from .problem import ConvexSolverError
-from .solver_registry import SOLVERS
+from convexnn.analysis.gap import gap_report
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.losses import LOSSES
+from convexnn.model.problem import ConvexSolverError
+from convexnn.output_folder import (
+    DEMO_OUTPUTS,
+    FIT_OUTPUTS,
+    INTERPRET_OUTPUTS,
+    prepare_output_folder,
+)
+from convexnn.solve.conic import CVXPY_SOLVERS, ProblemSizeError
+from convexnn.solve.registry import SOLVERS
 
 EPILOG = """examples:
   convexnn demo                                  # 2 MNIST digits, exact CVXPY dual, ~1 min
@@ -167,50 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-FIT_OUTPUTS = ("gap_report.json", "reconstructions.png", "model.safetensors")
-DEMO_OUTPUTS = ("demo.json", "reconstructions.png", "model.safetensors")
-INTERPRET_OUTPUTS = ("interpret.json", "clusters.png", "filters*.png")
-
-
-class OutputExistsError(ValueError):
-    """`--out` is an existing file, or a folder that already holds files, and no `--force`."""
-
-
-def prepare_output_folder(out: str | Path, force: bool, outputs: tuple[str, ...]) -> Path:
-    """Check and create the `--out` folder before any work is done.
-
-    Refuses (`OutputExistsError`, nothing written) an existing non-folder, and an existing
-    folder holding anything besides the command's own outputs (globs `outputs`) unless `force`.
-    Output names that are symbolic links are removed first, so the files are written in the
-    folder and never through a link to a file elsewhere.
-    """
-    out = Path(out)
-    if out.is_symlink() and not out.exists():
-        raise OutputExistsError(f"--out {out} is a broken symbolic link; choose another folder "
-                                f"(nothing was written)")
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out {out} is an existing file, not a folder; choose a folder "
-                                f"path (nothing was written)")
-    if out.is_dir():
-        own = {p.name for pattern in outputs for p in out.glob(pattern)}
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in own)
-        if foreign and not force:
-            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} entries)"
-                                              if len(foreign) > 5 else "")
-            raise OutputExistsError(
-                f"--out {out} already holds files this command does not write ({shown}); "
-                f"pass --force to write into it (files named like its outputs are "
-                f"overwritten) or choose a new folder. Nothing was written")
-        for name in own:
-            if (out / name).is_symlink():
-                (out / name).unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputExistsError(f"--out {out}: cannot create the folder ({exc})") from None
-    return out
-
-
 def _fit_and_report(noisy: torch.Tensor, clean: torch.Tensor, test: tuple | None,
                     args: argparse.Namespace, log: _Log, display=None) -> dict[str, Any]:
     out = prepare_output_folder(args.out, args.force, FIT_OUTPUTS)
@@ -272,8 +234,8 @@ def _fit_and_report(noisy: torch.Tensor, clean: torch.Tensor, test: tuple | None
         cols = [("clean", ys[:, 0]), ("noisy", xs[:, 0]), ("dual (eq. 4)", model.predict(xs)[:, 0]),
                 ("primal (eq. 5)", primal(xs)[:, 0])]
     cols = [(name, (display(a) if display else a).numpy()) for name, a in cols]
-    from .io import save_model
-    from .plotting import psnr, save_reconstruction_grid
+    from convexnn.analysis.plotting import psnr, save_reconstruction_grid
+    from convexnn.io import save_model
 
     result["psnr"] = {name: [psnr(a[i], cols[0][1][i]) for i in range(len(labels))]
                       for name, a in cols[1:]}
@@ -301,7 +263,7 @@ def _fit_and_report(noisy: torch.Tensor, clean: torch.Tensor, test: tuple | None
 
 
 def _demo(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
-    from .demo import DemoConfig, demo_table, run_demo
+    from convexnn.demo import DemoConfig, demo_table, run_demo
 
     for name in ("n_train", "n_test", "patterns"):
         if getattr(args, name) < 1:
@@ -325,7 +287,7 @@ def _demo(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
 
 
 def _load_training_data(args: argparse.Namespace):
-    from .data import NoiseConfig, add_noise, load_image_pairs, load_images
+    from convexnn.data import NoiseConfig, add_noise, load_image_pairs, load_images
 
     grey = args.grey
     if args.pairs:
@@ -367,8 +329,8 @@ def _fit(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
 
 
 def _gap(args: argparse.Namespace) -> dict[str, Any]:
-    from .data import load_image_pairs
-    from .io import load_model
+    from convexnn.data import load_image_pairs
+    from convexnn.io import load_model
 
     model = load_model(args.model)
     if not isinstance(model, ConvexDualDenoiser):
@@ -380,7 +342,7 @@ def _gap(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _interpret_images(args: argparse.Namespace) -> torch.Tensor:
-    from .data import load_images, load_mnist, normalize_mnist
+    from convexnn.data import load_images, load_mnist, normalize_mnist
 
     if args.n_images < 1:
         raise ValueError(f"--n-images: expected a positive integer, got {args.n_images}")
@@ -399,7 +361,7 @@ def _interpret_images(args: argparse.Namespace) -> torch.Tensor:
 
 
 def _interpret(args: argparse.Namespace, log: _Log) -> dict[str, Any]:
-    from .interpret import interpret_model, load_interpretable
+    from convexnn.interpret import interpret_model, load_interpretable
 
     if args.clusters < 1 or args.filters < 1:
         raise ValueError(f"--clusters and --filters: expected positive integers, got "

@@ -33,17 +33,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ._validation import as_images, as_targets, check_positive
-from .adam import resolve_device, resolve_dtype
-from .checkpoint import fingerprint
-from .distributed import DistInfo
-from .dual import ConvexDualDenoiser
-from .io import atomic_save_safetensors
-from .losses import Loss
-from .primal import TwoLayerConvDenoiser
-from .problem import SolveInfo
-from .train_primal import PrimalTrainConfig, PrimalTrainResult, _evaluate
-from .training import LoopSpec, run_loop
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.io import atomic_save_safetensors
+from convexnn.model.losses import Loss
+from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.model.problem import SolveInfo
+from convexnn.model.validation import as_images, as_targets, check_positive
+from convexnn.train.checkpoint import fingerprint
+from convexnn.train.device import resolve_device, resolve_dtype
+from convexnn.train.distributed import DistInfo
+from convexnn.train.loop import LoopSpec, run_loop
+from convexnn.train.primal import PrimalTrainConfig, PrimalTrainResult, evaluate_objective
 
 __all__ = ["GreedyStackConfig", "GreedyConvexStack", "UnrolledDenoiser", "train_unrolled",
            "save_stack", "load_stack", "is_stack_file", "STACK_FORMAT"]
@@ -301,7 +301,7 @@ def train_unrolled(model: UnrolledDenoiser, noisy, clean,
     def evaluate(epoch: int) -> dict[str, float]:
         out: dict[str, float] = {}
         for prefix, a, b in evals:
-            out.update(_evaluate(model, a, b, beta, loss, info, prefix))
+            out.update(evaluate_objective(model, a, b, beta, loss, info, prefix))
         return out
 
     own = ("monitor", "stop_key", "desc", "item_name")

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import NoiseConfig, add_noise, denormalize_mnist, mnist_denoising_split
-from .data.mnist import MNIST_STD
-from .dual import ConvexDualDenoiser
-from .plotting import psnr, save_reconstruction_grid
-from .primal import TwoLayerConvDenoiser
-from .train_primal import PrimalTrainConfig, train_primal
+from convexnn.analysis.plotting import psnr, save_reconstruction_grid
+from convexnn.data import NoiseConfig, add_noise, denormalize_mnist, mnist_denoising_split
+from convexnn.data.mnist import MNIST_STD
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.train.primal import PrimalTrainConfig, train_primal
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -100,7 +100,7 @@ def run_demo(cfg: DemoConfig, out: Path, log, quiet: bool = False) -> dict[str, 
         out / "reconstructions.png", cols, [f"held-out {i}" for i in range(len(clean))],
         title=f"exact convex dual (certified gap {d['certified_gap']:.0e}) vs the same-width "
               f"primal after Adam for {t_exact:.0f} s; PSNR on [0, 1] pixels")
-    from .io import save_model
+    from convexnn.io import save_model
 
     model_path = save_model(model, out / "model.safetensors")
     result = {

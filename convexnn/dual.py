@@ -7,6 +7,7 @@ denoiser call convention `model(x, sigma=None)`, so it plugs into the iterative 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -16,7 +17,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import (
+from convexnn.model.gated import HingeViolation, gated_predict, hinge_violation
+from convexnn.model.lipschitz import dual_lipschitz_bound
+from convexnn.model.losses import LOSSES, Loss
+from convexnn.model.patterns import (
+    PatternSelection,
+    check_generators,
+    sample_generators,
+    select_unique_patterns,
+)
+from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.model.problem import DualProblem, DualSolution, SolveInfo
+from convexnn.model.validation import (
     as_images,
     as_targets,
     check_choice,
@@ -27,16 +39,12 @@ from ._validation import (
     check_positive,
     check_seed,
 )
-from .distributed import all_reduce_sum, dist_info, setup_distributed
-from .gated import HingeViolation, gated_predict, hinge_violation
-from .lipschitz_bound import dual_lipschitz_bound
-from .losses import LOSSES, Loss
-from .patterns import PatternSelection, check_generators, sample_generators, select_unique_patterns
-from .primal import TwoLayerConvDenoiser
-from .problem import DualProblem, DualSolution, SolveInfo
-from .solver_registry import choose_solver, get_solver
+from convexnn.solve.registry import choose_solver, get_solver
+from convexnn.train.distributed import all_reduce_sum, dist_info, setup_distributed
 
 __all__ = ["ConvexDualDenoiser"]
+
+_FITTED_TENSORS = ("generators_", "v_", "w_")
 
 def _make_config(config_cls, config, options: dict[str, Any], solver: str = "this solver"):
     if config is not None and not isinstance(config, config_cls):
@@ -69,7 +77,7 @@ class ConvexDualDenoiser(nn.Module):
     dedupe : drop generators whose pattern on the training set repeats one already kept,
         and generators whose pattern is all zero (neither changes the optimum).
     lipschitz_bound : if set, constrain the rebuilt primal to `Lip <= lipschitz_bound` by the
-        convex certificate of `convexnn.lipschitz_bound` (solver="cvxpy"); after the solve the
+        convex certificate of `convexnn.model.lipschitz` (solver="cvxpy"); after the solve the
         certificate is re-evaluated on a fine grid and the filters scaled down if needed, so
         `lipschitz_certificate_ <= lipschitz_bound` always holds.
     seed : seed of the generator sampling.
@@ -116,11 +124,33 @@ class ConvexDualDenoiser(nn.Module):
                              f"got images with {x.shape[1]}")
         return x
 
-    def get_params(self) -> dict[str, Any]:
-        return {"kernel_size": self.kernel_size, "n_patterns": self.n_patterns,
-                "beta": self.beta, "loss": self.loss, "residual": self.residual,
-                "seed": self.seed, "huber_delta": self.huber_delta, "dedupe": self.dedupe,
-                "lipschitz_bound": self.lipschitz_bound}
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the fitted tensors are buffers: they travel with .to() and are in state_dict()
+        if name in _FITTED_TENSORS and isinstance(value, torch.Tensor) \
+                and name not in self._buffers:
+            self.register_buffer(name, value)
+            return
+        super().__setattr__(name, value)
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyper-parameters of `__init__` (scikit-learn convention; `deep` is accepted for
+        compatibility: there are no nested estimators)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> ConvexDualDenoiser:
+        """Set hyper-parameters, validated as `__init__` validates them; refit afterwards."""
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ValueError(f"set_params: unknown parameter(s) {unknown}; expected some of "
+                             f"{self._param_names()}")
+        checked = type(self)(**{**self.get_params(), **params})
+        for name in params:
+            object.__setattr__(self, name, getattr(checked, name))
+        return self
 
     # ------------------------------------------------------------------ fitting
     def choose_solver(self, noisy) -> tuple[str, str]:
@@ -170,7 +200,7 @@ class ConvexDualDenoiser(nn.Module):
             **options: Any) -> ConvexDualDenoiser:
         """Solve eq. 4 on training pairs.
 
-        `solver=None` takes the fastest exact path for the problem (`convexnn.solver_registry`:
+        `solver=None` takes the fastest exact path for the problem (`convexnn.solve.registry`:
         "ipm" for the squared loss, with pattern pricing at large P; "cvxpy" for a Lipschitz
         bound and for l1 / Huber where it fits, else "admm"); the choice and its reason are in
         `solve_info_.details["solver_choice"]`. Name one of `SOLVERS` to choose yourself.
@@ -222,7 +252,7 @@ class ConvexDualDenoiser(nn.Module):
         """An approximate solver's result with its certificate (App. C): lower bound and
         certified gap over every pattern, in `solve_info_.details["certificate"]`; a warning
         above 1%."""
-        from .certificate import certify
+        from convexnn.analysis.certificate import certify
 
         cert = certify(self, noisy, clean, check="exact")
         self.solve_info_.details["certificate"] = cert.to_dict()
@@ -269,7 +299,7 @@ class ConvexDualDenoiser(nn.Module):
 
     @property
     def lipschitz_certificate_(self) -> float:
-        """Certified upper bound of Lip(`to_primal()`) (convexnn.lipschitz_bound, (*));
+        """Certified upper bound of Lip(`to_primal()`) (convexnn.model.lipschitz, (*));
         computed on access (FFTs of all 2P filters)."""
         self._check_fitted()
         return dual_lipschitz_bound(self.v_, self.w_)

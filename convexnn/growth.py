@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .certificate import price_patterns
-from .patterns import sign_masks
+from convexnn.analysis.certificate import price_patterns
+from convexnn.model.patterns import sign_masks
 
 __all__ = ["GrowthResult", "grow_patterns"]
 
@@ -41,8 +41,8 @@ def grow_patterns(model, noisy, clean, rounds: int = 10, add_per_round: int = 20
     """Column generation from a fitted `ConvexDualDenoiser`; returns the grown model.
 
     `solver`: "admm" (warm-started re-solves) or "ipm"; `solver_options` go to its config."""
-    from ._validation import check_choice
-    from .dual import ConvexDualDenoiser
+    from convexnn.dual import ConvexDualDenoiser
+    from convexnn.model.validation import check_choice
 
     check_choice(solver, "solver", ("admm", "ipm"))
     model._check_fitted()

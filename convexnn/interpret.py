@@ -31,11 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_images, check_positive, check_seed
-from .dual import ConvexDualDenoiser
-from .patches import conv_same
-from .patterns import sign_masks
-from .primal import TwoLayerConvDenoiser
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.patches import conv_same
+from convexnn.model.patterns import sign_masks
+from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.model.validation import as_images, check_positive, check_seed
 
 __all__ = [
     "DEFAULT_TOL", "DEFAULT_ATOL", "TwoLayerModel", "path_norms", "linear_filters",
@@ -369,8 +369,8 @@ def _stages(model: Any, images: torch.Tensor) -> list[tuple[TwoLayerModel, torch
 def load_interpretable(path: str | Path) -> Any:
     """A model file for `interpret_model`: a greedy stack (`convexnn.deep.save_stack`) or one
     dual/primal model (`convexnn.io.save_model`); FileNotFoundError/ValueError when bad."""
-    from .deep import is_stack_file, load_stack
-    from .io import load_model
+    from convexnn.deep import is_stack_file, load_stack
+    from convexnn.io import load_model
 
     return load_stack(path) if is_stack_file(path) else load_model(path)
 

@@ -11,8 +11,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .dual import ConvexDualDenoiser
-from .primal import TwoLayerConvDenoiser
+from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.primal import TwoLayerConvDenoiser
 
 __all__ = ["save_model", "load_model", "atomic_save_safetensors"]
 
@@ -44,7 +44,8 @@ def save_model(model: ConvexDualDenoiser | TwoLayerConvDenoiser, path: str | Pat
     if isinstance(model, ConvexDualDenoiser):
         model._check_fitted()
         tensors = {"generators": model.generators_, "v": model.v_, "w": model.w_}
-        header = {"kind": "dual", "params": model.get_params(),
+        params = {k: v for k, v in model.get_params().items() if k != "generators"}
+        header = {"kind": "dual", "params": params,
                   "objective": float(model.objective_) if hasattr(model, "objective_") else None,
                   "n_channels": int(model.n_channels_), "solver": model.solve_info_.solver,
                   "status": model.solve_info_.status}
@@ -87,7 +88,7 @@ def _from_header(header: dict, tensors: dict[str, torch.Tensor]
     if header["kind"] == "primal":
         return TwoLayerConvDenoiser.from_weights(tensors["conv1"], tensors["conv2"],
                                                  bool(header["residual"]))
-    params = dict(header["params"])
+    params = {k: v for k, v in header["params"].items() if k != "generators"}
     model = ConvexDualDenoiser(generators=tensors["generators"], **params)
     model.n_channels_ = int(header["n_channels"])
     model.generators_ = tensors["generators"].to(torch.float64)
@@ -97,7 +98,7 @@ def _from_header(header: dict, tensors: dict[str, torch.Tensor]
         raise ValueError(f"v, w and generators of one shape (P, C, k, k), got "
                        f"{tuple(model.v_.shape)}, {tuple(model.w_.shape)} and "
                        f"{tuple(model.generators_.shape)}")
-    from .problem import SolveInfo
+    from convexnn.model.problem import SolveInfo
 
     model.solve_info_ = SolveInfo(solver=header.get("solver", "unknown"), status="loaded",
                                   details={"loaded_from_file": True,

@@ -39,12 +39,13 @@ import torch
 from convexnn import ConvexDualDenoiser
 from convexnn.data import load_test_images
 from convexnn.data.training_patches import natural_image_patches
-from experiments.pnp_deblur import TVDenoiser
-from solvers.deq import DEQ, DEQConfig
-from solvers.deq_train import DEQTrainConfig, deq_network_from_convex, train_deq
-from solvers.history import psnr, ssim
-from solvers.operators import Blur
-from solvers.pnp import PnPConfig, pnp_pgd
+from convexnn.solvers.denoisers import TVDenoiser
+from convexnn.solvers.deq import DEQ, DEQConfig
+from convexnn.solvers.deq_train import DEQTrainConfig, deq_network_from_convex, train_deq
+from convexnn.solvers.history import psnr, ssim
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import PnPConfig, pnp_pgd
+from experiments.common import use_reference_data
 
 DATA_NOTE = ("CelebA (used in the slides) is not available: training on random crops of "
              "BSD68 images 1-60 (grayscale), testing on held-out BSD68 images 61-68 and Set12 "
@@ -167,8 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.pnp_iters, args.tv_weights, args.test_max_iter = 20, [0.01], 50
     torch.set_num_threads(1)
     torch.manual_seed(0)   # spectral_norm draws its power-iteration vectors from this
-    os.environ.setdefault("CONVEXNN_SHARED_DATASETS",
-                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    use_reference_data()
     t_start = time.perf_counter()
 
     def log(msg: str) -> None:

@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ed_common import default_out, setup, write_json  # noqa: E402
-
 from convexnn.data.restoration import load_mri_slices  # noqa: E402
 from convexnn.data.training_patches import natural_image_patches  # noqa: E402
-from solvers.energies import data_plus_tv  # noqa: E402
-from solvers.energy_dissipation import (  # noqa: E402
+from convexnn.solvers.energies import data_plus_tv  # noqa: E402
+from convexnn.solvers.energy_dissipation import (  # noqa: E402
     DescentConfig,
     DirectionNetwork,
     GradientDirection,
@@ -45,7 +41,8 @@ from solvers.energy_dissipation import (  # noqa: E402
     energy_dissipating_descent,
     train_lagged,
 )
-from solvers.operators import CT  # noqa: E402
+from convexnn.solvers.operators import CT  # noqa: E402
+from experiments.ed_setup import default_out, setup, write_json  # noqa: E402
 
 
 def resize(imgs: np.ndarray, n: int) -> torch.Tensor:
@@ -80,7 +77,7 @@ def main(argv=None) -> dict:
                          "(the earlier input, for the ablation)")
     ap.add_argument("--tag", default=None, help="output name ed_ct_TAG.* (default: full/quick)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="torch threads (default: that of _ed_common.setup, 2)")
+                    help="torch threads (default: that of experiments.ed_setup.setup, 2)")
     ap.add_argument("--out", default=default_out())
     a = ap.parse_args(argv)
     if a.quick:

@@ -16,17 +16,13 @@ solution after arg-max rounding; solve rate = fraction of grids fully correct.
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ed_common import default_out, setup, write_json  # noqa: E402
-
-from solvers.energy_dissipation import (  # noqa: E402
+from convexnn.solvers.energy_dissipation import (  # noqa: E402
     DescentConfig,
     DirectionNetwork,
     LaggedTrainingConfig,
@@ -35,8 +31,8 @@ from solvers.energy_dissipation import (  # noqa: E402
     TwoSidedProjection,
     energy_dissipating_descent,
 )
-from solvers.energy_dissipation import train_lagged as train  # noqa: E402
-from solvers.sudoku import (  # noqa: E402
+from convexnn.solvers.energy_dissipation import train_lagged as train  # noqa: E402
+from convexnn.solvers.sudoku import (  # noqa: E402
     SudokuEnergy,
     accuracy,
     generate_puzzles,
@@ -44,6 +40,7 @@ from solvers.sudoku import (  # noqa: E402
     one_hot,
     round_grid,
 )
+from experiments.ed_setup import default_out, setup, write_json  # noqa: E402
 
 
 def start_of(givens: torch.Tensor) -> torch.Tensor:

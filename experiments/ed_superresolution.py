@@ -21,7 +21,6 @@ coins, moon) and CBSD10 (10 BSDS300 images), lagged distribution of Sec. 4.2.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,13 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ed_common import default_out, progress, setup, write_json  # noqa: E402
-
 from convexnn.data.restoration import load_test_images  # noqa: E402
 from convexnn.data.training_patches import natural_image_patches  # noqa: E402
-from solvers.energies import DataFidelity  # noqa: E402
-from solvers.energy_dissipation import (  # noqa: E402
+from convexnn.solvers.energies import DataFidelity  # noqa: E402
+from convexnn.solvers.energy_dissipation import (  # noqa: E402
     DescentConfig,
     DirectionNetwork,
     LaggedTrainingConfig,
@@ -45,8 +41,9 @@ from solvers.energy_dissipation import (  # noqa: E402
     energy_dissipating_descent,
     train_lagged,
 )
-from solvers.history import psnr, ssim  # noqa: E402
-from solvers.operators import Downsample  # noqa: E402
+from convexnn.solvers.history import psnr, ssim  # noqa: E402
+from convexnn.solvers.operators import Downsample  # noqa: E402
+from experiments.ed_setup import default_out, progress, setup, write_json  # noqa: E402
 
 FACTOR = 4
 L = 1.0 / FACTOR**2            # ||A||^2 of average pooling

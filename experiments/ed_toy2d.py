@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ed_common import default_out, setup, write_json  # noqa: E402
-
-from solvers.energies import DataFidelity, MatrixOperator  # noqa: E402
-from solvers.energy_dissipation import (  # noqa: E402
+from convexnn.solvers.energies import DataFidelity, MatrixOperator  # noqa: E402
+from convexnn.solvers.energy_dissipation import (  # noqa: E402
     MLP,
     DescentConfig,
     DirectionNetwork,
@@ -36,6 +32,7 @@ from solvers.energy_dissipation import (  # noqa: E402
     energy_dissipating_descent,
     train_lagged,
 )
+from experiments.ed_setup import default_out, setup, write_json  # noqa: E402
 
 CENTER = torch.tensor([0.0, 5.0], dtype=torch.float64)
 OP = MatrixOperator(torch.tensor([[1.0, 1.0]], dtype=torch.float64))

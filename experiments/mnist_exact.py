@@ -3,7 +3,7 @@
 The dual is eq. 4 solved exactly by `fit()` (interior point with pattern pricing over all
 8,000 sampled patterns, certified gap) instead of hinge-penalised Adam; the primal is trained
 to convergence: Adam (batch 25, the paper's) for `--epochs-primal` epochs, then full-batch
-L-BFGS on eq. 2 (`convexnn.polish_primal`) until it stops improving or `--polish-minutes`.
+L-BFGS on eq. 2 (`convexnn.train.polish`) until it stops improving or `--polish-minutes`.
 Both are the same model class (a two-layer conv ReLU network, k = 3), so the comparison is
 between two solved problems: the convex optimum over the sampled patterns, and where the
 non-convex training ends.
@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mnist_common import BETA_MEAN, RESULTS, load_data, run_primal, write_json  # noqa: E402
-
 from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser  # noqa: E402
 from convexnn.io import load_model, save_model  # noqa: E402
-from convexnn.polish_primal import PolishConfig, polish_primal  # noqa: E402
+from convexnn.train.polish import PolishConfig, polish_primal  # noqa: E402
+from experiments.mnist_setup import BETA_MEAN, RESULTS, load_data, run_primal, write_json  # noqa: E402
 
 
 def psnr(a, b, peak: float) -> float:

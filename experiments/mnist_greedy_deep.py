@@ -24,14 +24,10 @@ depth), `_recon.png`, `_clusters.png`, `_filters_block{b}.png` and the stack
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mnist_common import BETA_MEAN, load_data, write_json  # noqa: E402
 from mnist_interpret import (  # noqa: E402
     DATA_NOTE,
     base_parser,
@@ -42,10 +38,11 @@ from mnist_interpret import (  # noqa: E402
 )
 
 from convexnn import interpret as ci  # noqa: E402
-from convexnn.adam import AdamConfig  # noqa: E402
+from convexnn.analysis.plotting import psnr, save_reconstruction_grid  # noqa: E402
 from convexnn.deep import GreedyConvexStack, save_stack  # noqa: E402
-from convexnn.losses import Loss  # noqa: E402
-from convexnn.plotting import psnr, save_reconstruction_grid  # noqa: E402
+from convexnn.model.losses import Loss  # noqa: E402
+from convexnn.solve.adam.solver import AdamConfig  # noqa: E402
+from experiments.mnist_setup import BETA_MEAN, load_data, write_json  # noqa: E402
 
 
 def scores(predict, reg: float, data: dict) -> dict[str, float]:

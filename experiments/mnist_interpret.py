@@ -19,16 +19,11 @@ Writes `results/mnist_interpret[_quick].json`, `_filters.png`, `_clusters.png`,
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mnist_common import BETA_MEAN, RESULTS, load_data, run_dual, run_primal, write_json  # noqa: E402
-
-from convexnn.adam import AdamConfig  # noqa: E402
 from convexnn.deep import UnrolledDenoiser, train_unrolled  # noqa: E402
 from convexnn.interpret import (  # noqa: E402
     beta_sparsity_sweep,
@@ -39,7 +34,9 @@ from convexnn.interpret import (  # noqa: E402
     save_filter_figure,
 )
 from convexnn.io import load_model, save_model  # noqa: E402
-from convexnn.train_primal import PrimalTrainConfig  # noqa: E402
+from convexnn.solve.adam.solver import AdamConfig  # noqa: E402
+from convexnn.train.primal import PrimalTrainConfig  # noqa: E402
+from experiments.mnist_setup import BETA_MEAN, RESULTS, load_data, run_dual, run_primal, write_json  # noqa: E402
 
 DATA_NOTE = ("normalised MNIST digits; without $CONVEXNN_MNIST_DIR both the training and the "
              "test digits come from the shipped official test set (disjoint)")

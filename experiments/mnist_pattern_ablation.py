@@ -8,11 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mnist_common import (  # noqa: E402
+from experiments.mnist_setup import (  # noqa: E402
     BETA_MEAN,
     RESULTS,
     final_objectives,

@@ -23,18 +23,15 @@ zero-filled coil images.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mnist_common import RESULTS, write_json  # noqa: E402
-
 from convexnn.data.restoration import load_bart_kspace  # noqa: E402
-from solvers.operators import MRI, calibration_size, estimate_coil_maps, ifft2c  # noqa: E402
-from solvers.pnp import data_prox  # noqa: E402
+from convexnn.solvers.operators import MRI, calibration_size, estimate_coil_maps, ifft2c  # noqa: E402
+from convexnn.solvers.pnp import data_prox  # noqa: E402
+from experiments.mnist_setup import RESULTS, write_json  # noqa: E402
 
 SUPPORT = 0.1          # reference support: magnitude above this fraction of its maximum
 

@@ -15,14 +15,14 @@ cross-validation; the training set is augmented with the 4 flips, and we say so)
 are computed on the magnitude of the complex output against the clean magnitude.
 
 Two ways to solve the dual: `--dual-solver adam` (default; the paper's hinge-penalised Adam on
-`--patterns` random patterns) and `--dual-solver ipm`: eq. 4 solved *exactly* (convexnn.ipm,
-duality-gap certificate) over the `--ipm-patterns` strongest neurons of the trained primal
-(`TwoLayerConvDenoiser.dual_point`, ranked by |alpha_j| ||u_j||). `--dual-seed primal` starts
-Adam from the primal's own point instead. The primal is saved next to the JSON
+`--patterns` random patterns) and `--dual-solver ipm`: eq. 4 solved *exactly*
+(convexnn.solve.ipm.solver, duality-gap certificate) over the `--ipm-patterns` strongest neurons of
+the trained primal (`TwoLayerConvDenoiser.dual_point`, ranked by |alpha_j| ||u_j||). `--dual-seed
+primal` starts Adam from the primal's own point instead. The primal is saved next to the JSON
 (`..._primal<m>_e<epochs>_seed<s>.safetensors` + `.history.json`); `--reuse-primal` loads it.
-`--primal-lbfgs STEPS` then polishes it with full-batch L-BFGS on eq. 2 (convexnn.polish_primal;
-saved as `..._lbfgs<STEPS>.safetensors`): the comparison with the exact dual is then between
-two solved problems, not with where minibatch Adam stopped.
+`--primal-lbfgs STEPS` then polishes it with full-batch L-BFGS on eq. 2 (convexnn.train.polish;
+saved as `..._lbfgs<STEPS>.safetensors`): the comparison with the exact dual is then between two
+solved problems, not with where minibatch Adam stopped.
 
     PYTHONPATH=. python experiments/mri_dual.py --accel 4           # Adam dual (R = 4)
     PYTHONPATH=. python experiments/mri_dual.py --accel 4 --no-augment --batch-size 2 \
@@ -37,27 +37,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mnist_common import RESULTS, plot_curves, write_json  # noqa: E402
-
 from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser  # noqa: E402
-from convexnn.adam import AdamConfig  # noqa: E402
 from convexnn.data.restoration import load_mri_slices  # noqa: E402
 from convexnn.interpret import path_sparsity, save_filter_figure  # noqa: E402
 from convexnn.io import load_model, save_model  # noqa: E402
-from convexnn.ipm import IpmConfig  # noqa: E402
-from convexnn.patterns import sample_generators  # noqa: E402
-from convexnn.polish_primal import PolishConfig, polish_primal  # noqa: E402
-from convexnn.train_primal import PrimalTrainConfig, train_primal  # noqa: E402
-from solvers.history import psnr, ssim  # noqa: E402
-from solvers.operators import MRI, poisson_disc_mask  # noqa: E402
+from convexnn.model.patterns import sample_generators  # noqa: E402
+from convexnn.solve.adam.solver import AdamConfig  # noqa: E402
+from convexnn.solve.ipm.solver import IpmConfig  # noqa: E402
+from convexnn.solvers.history import psnr, ssim  # noqa: E402
+from convexnn.solvers.operators import MRI, poisson_disc_mask  # noqa: E402
+from convexnn.train.polish import PolishConfig, polish_primal  # noqa: E402
+from convexnn.train.primal import PrimalTrainConfig, train_primal  # noqa: E402
+from experiments.mnist_setup import RESULTS, plot_curves, write_json  # noqa: E402
 
 TRAIN_SLICES, TEST_SLICES = list(range(8)), [8, 9]
 KERNEL = 7
@@ -144,7 +141,7 @@ def run_one(accel: float, a, z: np.ndarray) -> tuple[dict, dict]:
     polish = None
     if a.primal_lbfgs:
         # Adam on 2-image batches stops short of a minimum of eq. 2: continue full-batch with
-        # L-BFGS (convexnn.polish_primal) before comparing with the convex optimum
+        # L-BFGS (convexnn.train.polish) before comparing with the convex optimum
         adam_objectives = {name: primal.objective(x, y, beta) / (x.shape[0] * x.shape[2]
                                                                   * x.shape[3])
                            for name, (x, y) in {"train": (xtr, ytr), "test": (xte, yte)}.items()}

@@ -35,29 +35,13 @@ from convexnn import ConvexDualDenoiser
 from convexnn.certified import fit_firmly_nonexpansive
 from convexnn.data import load_levin_kernels, load_test_images
 from convexnn.data.training_patches import natural_image_patches
-from solvers.dncnn import DenoiserTrainConfig, DnCNN, train_denoiser
-from solvers.equivariant import EquivariantDenoiser
-from solvers.history import psnr, ssim
-from solvers.lipschitz import jacobian_spectral_norm
-from solvers.operators import Blur
-from solvers.pnp import PnPConfig, pnp_pgd
-
-
-class TVDenoiser(torch.nn.Module):
-    """prox of `weight * TV` (Chambolle's algorithm in scikit-image): firmly nonexpansive."""
-
-    firmly_nonexpansive = True
-
-    def __init__(self, weight: float) -> None:
-        super().__init__()
-        self.weight = weight
-
-    def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
-        from skimage.restoration import denoise_tv_chambolle
-
-        arr = x.detach().cpu().numpy()
-        out = np.stack([[denoise_tv_chambolle(c, weight=self.weight) for c in im] for im in arr])
-        return torch.from_numpy(out).to(x)
+from convexnn.solvers.denoisers import TVDenoiser
+from convexnn.solvers.dncnn import DenoiserTrainConfig, DnCNN, train_denoiser
+from convexnn.solvers.equivariant import EquivariantDenoiser
+from convexnn.solvers.history import psnr, ssim
+from convexnn.solvers.lipschitz import jacobian_spectral_norm
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import PnPConfig, pnp_pgd
 
 
 class Float64Primal(torch.nn.Module):

@@ -21,21 +21,21 @@ PSNR/SSIM. The denoiser is the DnCNN of podm_sparse_sr.py (cached, or trained on
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from pnp_deblur import TVDenoiser
 from podm_sparse_sr import centre_crop, load_or_train_denoiser, write_json
 
 from convexnn.data import load_levin_kernels, load_test_images
-from solvers.history import psnr, ssim
-from solvers.operators import Blur
-from solvers.pnp import PnPConfig, pnp_pgd
-from solvers.podm import PODMConfig, podm
-from solvers.prox import SparseBox
+from convexnn.solvers.denoisers import TVDenoiser
+from convexnn.solvers.history import psnr, ssim
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import PnPConfig, pnp_pgd
+from convexnn.solvers.podm import PODMConfig, podm
+from convexnn.solvers.prox import SparseBox
+from experiments.common import use_reference_data
 
 METHODS = ("RPODM", "PODM (checked)", "PnP-PGD", "TV")
 
@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.images, args.kernels, args.crop, args.stages, args.iters = 1, [0], 64, 8, 20
         args.mu_grid, args.tv_grid, args.step_grid = [0.03, 0.1], [0.001, 0.004], [1.9]
-    os.environ.setdefault("CONVEXNN_SHARED_DATASETS",
-                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    use_reference_data()
     torch.set_num_threads(1)
     t_start = time.perf_counter()
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -33,11 +32,12 @@ import numpy as np
 import torch
 
 from convexnn.data import load_test_images
-from solvers.dncnn import DenoiserTrainConfig, DnCNN, train_denoiser
-from solvers.history import psnr, ssim
-from solvers.operators import Downsample
-from solvers.podm import PODMConfig, fista, podm, proximal_gradient
-from solvers.prox import HaarWavelet, InBasis, Lp
+from convexnn.solvers.dncnn import DenoiserTrainConfig, DnCNN, train_denoiser
+from convexnn.solvers.history import psnr, ssim
+from convexnn.solvers.operators import Downsample
+from convexnn.solvers.podm import PODMConfig, fista, podm, proximal_gradient
+from convexnn.solvers.prox import HaarWavelet, InBasis, Lp
+from experiments.common import use_reference_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("PODM", "PODM-descent", "FISTA", "PG", "IRCNN-style")
@@ -231,8 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.crop % 24:
         p.error(f"--crop must be a multiple of 24 (Haar levels 3 and factors 2, 3, 4), got "
                 f"{args.crop}")
-    os.environ.setdefault("CONVEXNN_SHARED_DATASETS",
-                          str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    use_reference_data()
     torch.set_num_threads(1)
     t_start = time.perf_counter()
 

@@ -40,7 +40,7 @@ real_save, real_replace = torch.save, os.replace
 
 
 def save(obj, f, *args, **kwargs):
-    """torch.save used by convexnn.checkpoint.save_checkpoint; 'half:J' stalls the J-th save
+    """torch.save used by convexnn.train.checkpoint.save_checkpoint; 'half:J' stalls the J-th save
     after writing half its bytes (to the temporary file) so the parent kills it mid-write."""
     global saves, pending
     if not (isinstance(obj, dict) and "fingerprint" in obj):
@@ -88,10 +88,10 @@ def digest(module):
 
 
 def run_dual():
-    from _train_helpers import tiny_mnist
+    from helpers import tiny_mnist
 
     from convexnn import ConvexDualDenoiser
-    from convexnn.adam import AdamConfig
+    from convexnn.solve.adam.solver import AdamConfig
 
     x, y, _, _ = tiny_mnist(n_train=6, crop=12)
     cfg = AdamConfig(epochs=n_epochs, batch_size=2, dtype="float64", device="cpu",
@@ -106,10 +106,10 @@ def run_dual():
 
 
 def run_primal():
-    from _train_helpers import tiny_mnist
+    from helpers import tiny_mnist
 
-    from convexnn.primal import TwoLayerConvDenoiser
-    from convexnn.train_primal import PrimalTrainConfig, train_primal
+    from convexnn.model.primal import TwoLayerConvDenoiser
+    from convexnn.train.primal import PrimalTrainConfig, train_primal
 
     x, y, _, _ = tiny_mnist(n_train=6, crop=12)
     torch.manual_seed(0)
@@ -126,8 +126,8 @@ def run_primal():
 
 
 def run_lagged():
-    from solvers.energies import DataFidelity, MatrixOperator
-    from solvers.energy_dissipation import (
+    from convexnn.solvers.energies import DataFidelity, MatrixOperator
+    from convexnn.solvers.energy_dissipation import (
         MLP,
         DirectionNetwork,
         HalfSpaceProjection,
@@ -156,9 +156,9 @@ def run_lagged():
 def run_deq():
     from torch import nn
 
-    from solvers.deq import DEQ, DEQConfig
-    from solvers.deq_train import DEQTrainConfig, train_deq
-    from solvers.operators import Blur
+    from convexnn.solvers.deq import DEQ, DEQConfig
+    from convexnn.solvers.deq_train import DEQTrainConfig, train_deq
+    from convexnn.solvers.operators import Blur
 
     f64 = torch.float64
     g = torch.exp(-(torch.arange(5, dtype=f64) - 2) ** 2 / 2)
@@ -196,10 +196,10 @@ def run_admm():
     agrees to rounding (about 1e-14), not bit for bit: the parent compares with a tolerance."""
     import warnings
 
-    from _train_helpers import tiny_mnist
+    from helpers import tiny_mnist
 
     from convexnn import ConvexDualDenoiser
-    from convexnn.admm import AdmmConfig
+    from convexnn.solve.admm.solver import AdmmConfig
 
     x, y, _, _ = tiny_mnist(n_train=2, crop=12)
     every = 100

@@ -2,14 +2,14 @@ import math
 
 import pytest
 import torch
-from _train_helpers import tiny_mnist
+from helpers import tiny_mnist
 
 from convexnn import ConvexDualDenoiser
-from convexnn.adam_kernels import cpp_kernel_available, data_grad, hinge_pass
-from convexnn.checkpoint import CheckpointMismatchError
-from convexnn.gated import gated_predict
-from convexnn.patches import patch_matrix
-from convexnn.training import TrainingDivergedError
+from convexnn.model.gated import gated_predict
+from convexnn.model.patches import patch_matrix
+from convexnn.solve.adam.kernels import cpp_kernel_available, data_grad, hinge_pass
+from convexnn.train.checkpoint import CheckpointMismatchError
+from convexnn.train.loop import TrainingDivergedError
 
 FAST = dict(progress=False, epochs=4, batch_size=2)
 

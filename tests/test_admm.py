@@ -1,27 +1,23 @@
-"""ADMM solver for eq. 4 (convexnn.admm): agreement with CVXPY, feasibility, bad input."""
+"""ADMM solver for eq. 4 (convexnn.solve.admm.solver): agreement with CVXPY, feasibility,
+bad input."""
 
-import numpy as np
 import pytest
 import torch
+from helpers import random_pair
 
 from convexnn import ConvexDualDenoiser, ConvexSolverError
-from convexnn.admm import AdmmConfig, solve_admm
-
-
-def _data(seed=0, n=1, h=6):
-    rng = np.random.default_rng(seed)
-    clean = rng.standard_normal((n, 1, h, h))
-    return clean + 0.5 * rng.standard_normal(clean.shape), clean
+from convexnn.analysis.certificate import certify
+from convexnn.solve.admm.solver import AdmmConfig, solve_admm
 
 
 def _problem(beta=0.3, n_patterns=6, loss="squared", scale=1.0):
-    noisy, clean = _data()
+    noisy, clean = random_pair()
     m = ConvexDualDenoiser(kernel_size=3, n_patterns=n_patterns, beta=beta, loss=loss)
     return m, m.make_problem(noisy * scale, clean * scale)
 
 
 def test_registered_and_matches_cvxpy():
-    noisy, clean = _data()
+    noisy, clean = random_pair()
     ref = ConvexDualDenoiser(n_patterns=6, beta=0.3).fit(noisy, clean, solver="cvxpy")
     m = ConvexDualDenoiser(n_patterns=6, beta=0.3).fit(noisy, clean, solver="admm", tol=1e-7,
                                                       max_iter=20000)
@@ -54,7 +50,7 @@ def test_poorly_scaled_data_gives_scaled_solution(scale):
 
 
 def test_warm_start_from_model_is_faster():
-    noisy, clean = _data()
+    noisy, clean = random_pair()
     m = ConvexDualDenoiser(n_patterns=6, beta=0.3).fit(noisy, clean, solver="admm", tol=1e-5)
     m2 = ConvexDualDenoiser(n_patterns=6, beta=0.3).fit(noisy, clean, solver="admm", tol=1e-5,
                                                        warm_start=m)
@@ -63,15 +59,22 @@ def test_warm_start_from_model_is_faster():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="known open issue: the loss-split ADMM (l1/huber) stalls at "
-                   "relative residuals ~1e-2 and does not reach tol", strict=False)
 @pytest.mark.parametrize("loss", ["l1", "huber"])
-def test_other_losses_match_cvxpy(loss):
-    noisy, clean = _data()
-    ref = ConvexDualDenoiser(n_patterns=4, beta=0.3, loss=loss).fit(noisy, clean)
-    m = ConvexDualDenoiser(n_patterns=4, beta=0.3, loss=loss).fit(
-        noisy, clean, solver="admm", tol=1e-6, max_iter=5000)
-    assert abs(m.objective_ - ref.objective_) <= 2e-3 * abs(ref.objective_)
+def test_other_losses_stop_short_and_say_so(loss):
+    """The loss-split ADMM (l1 / Huber) stalls at relative residuals ~1e-2 (a known limit,
+    docs/admm.md; fit() routes these losses to cvxpy): it does not return silently, it raises
+    with its status, and the iterate it returns on request carries a valid certificate."""
+    noisy, clean = random_pair()
+    ref = ConvexDualDenoiser(n_patterns=4, beta=0.3, loss=loss).fit(noisy, clean, solver="cvxpy")
+    kw = dict(solver="admm", tol=1e-6, max_iter=5000)
+    with pytest.raises(ConvexSolverError) as err:
+        ConvexDualDenoiser(n_patterns=4, beta=0.3, loss=loss).fit(noisy, clean, **kw)
+    assert err.value.status == "max_iter"
+    with pytest.warns(RuntimeWarning, match="inaccurate"):
+        m = ConvexDualDenoiser(n_patterns=4, beta=0.3, loss=loss).fit(
+            noisy, clean, allow_inaccurate=True, **kw)
+    cert = certify(m, noisy, clean)
+    assert cert.lower_bound <= ref.objective_ * (1 + 1e-9) <= cert.feasible_objective * (1 + 1e-9)
 
 
 def test_bad_config():
@@ -79,7 +82,7 @@ def test_bad_config():
         AdmmConfig(tol=0)
     with pytest.raises(ValueError, match="linear_solver"):
         AdmmConfig(linear_solver="qr")
-    noisy, clean = _data()
+    noisy, clean = random_pair()
     with pytest.raises(TypeError, match="warm_start"):
         ConvexDualDenoiser(n_patterns=4).fit(noisy, clean, solver="admm", warm_start="x")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from convexnn import ConvexDualDenoiser
-from convexnn.certificate import certify, cone_sup, enumerate_generators_2d, price_patterns
+from convexnn.analysis.certificate import certify, cone_sup, enumerate_generators_2d, price_patterns
 
 BETA = 0.1
 
@@ -30,7 +30,7 @@ def test_enumeration_is_complete(enumerable):
     noisy, _, g, ref = enumerable
     assert ref.generators_.shape[0] == g.shape[0] == 2 * 16   # 2 N' cells, N' = 16 directions
     # fresh random generators add no new pattern
-    from convexnn.patterns import sample_generators, select_unique_patterns
+    from convexnn.model.patterns import sample_generators, select_unique_patterns
     both = torch.cat([g, sample_generators(2000, 2, 1, seed=3)])
     sel = select_unique_patterns(torch.from_numpy(noisy), both)
     assert sel.keep.numel() == g.shape[0]

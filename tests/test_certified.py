@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from convexnn import ConvexDualDenoiser, sample_generators
 from convexnn.certified import FirmlyNonexpansiveDenoiser, fit_firmly_nonexpansive
-from convexnn.lipschitz_bound import (
+from convexnn.model.lipschitz import (
     bernstein_factor,
     conv_norm_bound,
     conv_norm_grid,

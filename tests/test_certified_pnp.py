@@ -9,10 +9,10 @@ import torch
 
 from convexnn.certified import fit_firmly_nonexpansive
 from convexnn.data.training_patches import natural_image_patches
-from convexnn.patterns import sample_generators
-from solvers.lipschitz import jacobian_spectral_norm
-from solvers.operators import Blur
-from solvers.pnp import PnPConfig, pnp_pgd
+from convexnn.model.patterns import sample_generators
+from convexnn.solvers.lipschitz import jacobian_spectral_norm
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import PnPConfig, pnp_pgd
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from convexnn.checkpoint import (
+from convexnn.train.checkpoint import (
     CheckpointMismatchError,
     fingerprint,
     load_checkpoint,

@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from convexnn.adam import AdamConfig
 from convexnn.cli import main
 from convexnn.deep import (
     GreedyConvexStack,
@@ -21,7 +20,8 @@ from convexnn.deep import (
 )
 from convexnn.interpret import interpret_model
 from convexnn.io import load_model, save_model
-from convexnn.train_primal import PrimalTrainConfig
+from convexnn.solve.adam.solver import AdamConfig
+from convexnn.train.primal import PrimalTrainConfig
 
 BETA = 0.5
 

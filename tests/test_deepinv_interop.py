@@ -6,40 +6,19 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import CircularConv, gaussian_kernel
 
-from solvers import deepinv_adapter as ad
-from solvers.denoisers import Averaged
-from solvers.dncnn import DnCNN
-from solvers.lipschitz import jacobian_spectral_norm
-from solvers.operators import Blur
-from solvers.pnp import PnPConfig, pnp_pgd
+from convexnn.solvers import deepinv_adapter as ad
+from convexnn.solvers.denoisers import Averaged
+from convexnn.solvers.dncnn import DnCNN
+from convexnn.solvers.lipschitz import jacobian_spectral_norm
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import PnPConfig, pnp_pgd
 
 dinv = pytest.importorskip("deepinv")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
-
-def gaussian_kernel(size=5, s=1.0):
-    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * s * s))
-    k = g[:, None] * g[None]
-    return k / k.sum()
-
-
-class CircularConv(torch.nn.Module):
-    def __init__(self, kernel):
-        super().__init__()
-        self.register_buffer("kernel", kernel.reshape(1, 1, *kernel.shape[-2:]))
-
-    def forward(self, x, sigma=None):
-        p = self.kernel.shape[-1] // 2
-        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.kernel.to(x.dtype))
 
 
 def _img(shape=(1, 1, 16, 16), seed=0):
@@ -129,7 +108,7 @@ def test_our_pgd_with_deepinv_physics_and_denoiser():
 
 
 def test_spectral_norm_matches_deepinv_regulariser():
-    from solvers.lipschitz import fft_conv_norm
+    from convexnn.solvers.lipschitz import fft_conv_norm
 
     skew = torch.tensor([[0.1, 0.6, 0.0], [0.0, 0.5, 0.3], [0.0, 0.0, -0.2]],
                         dtype=torch.float64)

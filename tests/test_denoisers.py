@@ -6,16 +6,8 @@ import pytest
 import torch
 
 from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser
-from solvers.denoisers import Averaged, Rescaled, Residual, call_denoiser, check_denoiser
-from solvers.dncnn import DenoiserTrainConfig, DnCNN, random_patches, train_denoiser
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from convexnn.solvers.denoisers import Averaged, Rescaled, Residual, call_denoiser, check_denoiser
+from convexnn.solvers.dncnn import DenoiserTrainConfig, DnCNN, random_patches, train_denoiser
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
+from helpers import gaussian_kernel
 from torch import nn
 
 from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser
-from convexnn.checkpoint import CheckpointMismatchError
-from solvers.deq import DEQ, DEQConfig, NonContractiveError, fixed_point
-from solvers.deq_train import (
+from convexnn.solvers.deq import DEQ, DEQConfig, NonContractiveError, fixed_point
+from convexnn.solvers.deq_train import (
     ConvexRegulariser,
     DEQTrainConfig,
     contraction_penalty,
@@ -19,17 +19,13 @@ from solvers.deq_train import (
     spectral_normalize,
     train_deq,
 )
-from solvers.lipschitz import conv_norm_upper_bound
-from solvers.operators import Blur
-from solvers.pnp import ConvergenceError
+from convexnn.solvers.lipschitz import conv_norm_upper_bound
+from convexnn.solvers.operators import Blur
+from convexnn.solvers.pnp import ConvergenceError
+from convexnn.train.checkpoint import CheckpointMismatchError
 
 F64 = torch.float64   # tests/conftest.py runs everything on one thread
 
-
-def gaussian_kernel(size: int = 5, s: float = 1.0) -> torch.Tensor:
-    g = torch.exp(-(torch.arange(size, dtype=F64) - size // 2) ** 2 / (2 * s * s))
-    k = g[:, None] * g[None]
-    return k / k.sum()
 
 
 class SmallNet(nn.Module):

@@ -20,9 +20,9 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 SCRIPT = r'''
 import json, os, sys, time, torch
 sys.path.insert(0, os.environ["ROOT"])
-from tests._train_helpers import tiny_mnist
+from tests.helpers import tiny_mnist
 from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser
-from convexnn.train_primal import PrimalTrainConfig, train_primal
+from convexnn.train.primal import PrimalTrainConfig, train_primal
 which, out, ckpt, sleep = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 x, y, _, _ = tiny_mnist(n_train=8)
 def cb(row, module):

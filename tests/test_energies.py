@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from solvers.energies import (
+from convexnn.solvers.energies import (
     AutogradEnergy,
     CharbonnierTV,
     DataFidelity,
@@ -18,7 +18,7 @@ from solvers.energies import (
     QuadraticEnergy,
     data_plus_tv,
 )
-from solvers.operators import CT, Downsample
+from convexnn.solvers.operators import CT, Downsample
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from solvers.energies import (
+from convexnn.solvers.energies import (
     AutogradEnergy,
     DataFidelity,
     EnergyError,
@@ -19,7 +19,7 @@ from solvers.energies import (
     QuadraticEnergy,
     data_plus_tv,
 )
-from solvers.energy_dissipation import (
+from convexnn.solvers.energy_dissipation import (
     GRAD_NORM_FLOOR,
     MLP,
     ConvexDenoiserDirection,
@@ -37,7 +37,7 @@ from solvers.energy_dissipation import (
     in_two_sided_set,
     train_lagged,
 )
-from solvers.operators import Downsample
+from convexnn.solvers.operators import Downsample
 
 torch.set_num_threads(1)
 FAST = settings(max_examples=1000, deadline=None, derandomize=True,
@@ -292,7 +292,7 @@ def test_checkpoint_resume_matches_uninterrupted(tmp_path):
 
 
 def test_checkpoint_from_another_configuration_is_refused(tmp_path):
-    from convexnn.checkpoint import CheckpointMismatchError
+    from convexnn.train.checkpoint import CheckpointMismatchError
 
     path = tmp_path / "ck.pt"
     train_lagged(_toy_net(), _toy_problem(), LaggedTrainingConfig(steps=2, checkpoint_path=path))
@@ -302,7 +302,7 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path):
 
 
 def test_data_plus_tv_descent_decreases():
-    from solvers.operators import CT
+    from convexnn.solvers.operators import CT
 
     gen = torch.Generator().manual_seed(0)
     gt = torch.rand(1, 1, 8, 8, generator=gen, dtype=torch.float64)
@@ -331,7 +331,7 @@ def test_data_skip_direction_and_guarantee():
 
 
 def test_normalize_grad_input_is_scale_free_and_keeps_the_guarantee():
-    from solvers.operators import CT
+    from convexnn.solvers.operators import CT
 
     gen = torch.Generator().manual_seed(0)
     gt = torch.rand(2, 1, 8, 8, generator=gen, dtype=torch.float64)

@@ -61,7 +61,7 @@ def _undo_script_side_effects():
 def _load(path: Path, monkeypatch):
     """Import a script from its file under its own name (the benchmarks pickle functions of it
     for spawned children), with its folder and the repo root on sys.path for its imports."""
-    monkeypatch.syspath_prepend(str(path.parent))   # _mnist_common, podm_sparse_sr, ...
+    monkeypatch.syspath_prepend(str(path.parent))   # mnist_setup, podm_sparse_sr, ...
     monkeypatch.syspath_prepend(str(REPO))          # `experiments.pnp_deblur`, convexnn, solvers
     if SHARED is not None:
         monkeypatch.setenv(SHARED_ENV, str(SHARED))
@@ -108,7 +108,7 @@ def _non_increasing(seq, rtol: float = 1e-9) -> None:
 
 
 def _check_mnist_final(final: dict) -> None:
-    """`final_objectives` of _mnist_common: eq. 2 of the primal and of the dual's eq. 5 primal."""
+    """`final_objectives` of mnist_setup: eq. 2 of the primal and of the dual's eq. 5 primal."""
     for split in ("train", "test"):
         f = final[split]
         _finite(f["primal"], f["dual_rebuilt_primal"])

@@ -43,7 +43,7 @@ import numpy as np
 import pytest
 import torch
 
-from convexnn.checkpoint import CheckpointMismatchError, load_checkpoint
+from convexnn.train.checkpoint import CheckpointMismatchError, load_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -46,7 +46,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from convexnn import ConvexDualDenoiser, ConvexSolverError, ProblemSizeError, TwoLayerConvDenoiser
-from convexnn.checkpoint import CheckpointMismatchError
+from convexnn.train.checkpoint import CheckpointMismatchError
 
 torch.set_num_threads(1)
 
@@ -548,7 +548,7 @@ PRIMAL_PARAMS = options({
 # ------------------------------------------------------------------------- train_primal
 @fuzz()
 def test_fuzz_train_primal(n_examples):
-    from convexnn.train_primal import PrimalTrainConfig, train_primal
+    from convexnn.train.primal import PrimalTrainConfig, train_primal
 
     def body(shape, data, n_filters, faulty, eval_set, as_config):
         options = data.draw(TRAIN_PRIMAL_OPTIONS[faulty], label="options")
@@ -770,7 +770,7 @@ OPERATOR_KINDS = ("identity", "identity_shape", "inpainting", "blur_circular", "
 def operator_case(draw):
     """`(constructor, args, kwargs, image_shape, parameter scale)` for one operator, arguments
     often faulty."""
-    from solvers.operators import CT, MRI, Blur, Downsample, Identity, Inpainting
+    from convexnn.solvers.operators import CT, MRI, Blur, Downsample, Identity, Inpainting
 
     kind = draw(st.sampled_from(OPERATOR_KINDS))
     size = draw(st.sampled_from([1, 2, 3, 4, 6, 8]))
@@ -877,7 +877,7 @@ def test_fuzz_operators(n_examples):
 
 @fuzz()
 def test_fuzz_masks(n_examples):
-    from solvers.operators import acceleration_of, cartesian_mask, poisson_disc_mask
+    from convexnn.solvers.operators import acceleration_of, cartesian_mask, poisson_disc_mask
 
     shapes = st.one_of(st.tuples(st.integers(1, 12), st.integers(1, 12)), st.sampled_from(
         [(0, 4), (-1, 4), (4,), (4, 4, 4), None, "44", (2.5, 4)]))
@@ -906,7 +906,7 @@ def test_fuzz_masks(n_examples):
 
 @fuzz()
 def test_fuzz_coil_maps(n_examples):
-    from solvers.operators import calibration_size, estimate_coil_maps
+    from convexnn.solvers.operators import calibration_size, estimate_coil_maps
 
     def body(shape, fill, scale, container, calib, seed):
         names = ("kspace", "calib", "mask")
@@ -970,7 +970,7 @@ USER_ERRORS = ((RuntimeError, r"boom"),)
 
 
 def _physics(kind: str, c: int, h: int, w: int):
-    from solvers.operators import Blur, Downsample, Identity, Inpainting
+    from convexnn.solvers.operators import Blur, Downsample, Identity, Inpainting
 
     k = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=torch.float64)
     if kind == "identity":
@@ -1024,7 +1024,7 @@ PNP_NAMES = ("y", "x0", "reference", "physics", "denoiser", "step", "lipschitz",
 @pytest.mark.parametrize("solver", ["pgd", "admm", "hqs", "drs", "red"])
 @fuzz()
 def test_fuzz_pnp(solver, n_examples):
-    from solvers.pnp import PNP_SOLVERS, PnPConfig
+    from convexnn.solvers.pnp import PNP_SOLVERS, PnPConfig
 
     fn = PNP_SOLVERS[solver]
 
@@ -1053,7 +1053,7 @@ def test_fuzz_pnp(solver, n_examples):
             assert isinstance(x, torch.Tensor)
             _solver_result_ok(x, hist, y_meta, x0_meta, ref_meta)
         elif not faulty:   # valid input: only a failed convergence condition may refuse it
-            from solvers.pnp import ConvergenceError
+            from convexnn.solvers.pnp import ConvergenceError
 
             assert isinstance(out, ConvergenceError) and cfg.require_convergence, \
                 f"valid input refused: {out!r}"
@@ -1096,7 +1096,7 @@ PRIORS = {
 @pytest.mark.parametrize("solver", ["podm", "fista", "proximal_gradient"])
 @fuzz()
 def test_fuzz_podm(solver, n_examples):
-    from solvers.podm import PODMConfig, fista, podm, proximal_gradient
+    from convexnn.solvers.podm import PODMConfig, fista, podm, proximal_gradient
 
     def body(faulty, prior, data, extra):
         physics, y, y_meta, shape = data.draw(inverse_problem(faulty), label="problem")
@@ -1167,8 +1167,8 @@ def x_finite(x) -> bool:
 # ------------------------------------------------------------------------- energy dissipation
 @fuzz()
 def test_fuzz_energy_dissipation(n_examples):
-    from solvers.energies import CharbonnierTV, DataFidelity, data_plus_tv
-    from solvers.energy_dissipation import (
+    from convexnn.solvers.energies import CharbonnierTV, DataFidelity, data_plus_tv
+    from convexnn.solvers.energy_dissipation import (
         DescentConfig,
         DirectionNetwork,
         GradientDirection,
@@ -1279,7 +1279,7 @@ DESCENT_OPTIONS = options({"max_iter": bad_int(st.integers(0, 4))}, {
 # ------------------------------------------------------------------------- deep equilibrium
 @fuzz()
 def test_fuzz_deq(n_examples):
-    from solvers.deq import DEQ, DEQConfig
+    from convexnn.solvers.deq import DEQ, DEQConfig
 
     def body(faulty, data, with_x0, grad):
         physics, d, d_meta, shape = data.draw(inverse_problem(faulty), label="problem")
@@ -1312,7 +1312,7 @@ def test_fuzz_deq(n_examples):
                 if ok and d.grad is not None:
                     assert_finite(d.grad, "DEQ backward")
         elif not faulty:   # valid input: only a failed fixed-point iteration may refuse it
-            from solvers.pnp import ConvergenceError
+            from convexnn.solvers.pnp import ConvergenceError
 
             assert isinstance(x, ConvergenceError), f"valid input refused: {x!r}"
 

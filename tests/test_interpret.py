@@ -27,7 +27,7 @@ from convexnn.interpret import (
     top_filters,
 )
 from convexnn.io import save_model
-from convexnn.problem import SolveInfo
+from convexnn.model.problem import SolveInfo
 
 
 def hand_dual(generators, v, w) -> ConvexDualDenoiser:

@@ -1,26 +1,20 @@
-"""Interior-point solver for eq. 4 (convexnn.ipm): agreement with CVXPY, certificate, bad input."""
+"""Interior-point solver for eq. 4 (convexnn.solve.ipm.solver): agreement with CVXPY,
+certificate, bad input."""
 
 import numpy as np
 import pytest
 import torch
+from helpers import random_pair
 
 from convexnn import ConvexDualDenoiser, ConvexSolverError
-from convexnn.certificate import certify, enumerate_generators_2d
-from convexnn.ipm import IpmConfig, solve_ipm
-from convexnn.ipm_cones import NtScaling, boundary_rate, to_identity
-
-
-def _data(seed=0, n=1, h=6, channels=1):
-    rng = np.random.default_rng(seed)
-    clean = rng.standard_normal((n, 1, h, h))
-    noisy = np.concatenate([clean + 0.5 * rng.standard_normal(clean.shape)]
-                           + [rng.standard_normal(clean.shape) for _ in range(channels - 1)], 1)
-    return noisy, clean
+from convexnn.analysis.certificate import certify, enumerate_generators_2d
+from convexnn.solve.ipm.cones import NtScaling, boundary_rate, to_identity
+from convexnn.solve.ipm.solver import IpmConfig, solve_ipm
 
 
 @pytest.fixture(scope="module")
 def reference():
-    noisy, clean = _data()
+    noisy, clean = random_pair()
     ref = ConvexDualDenoiser(n_patterns=8, beta=0.3).fit(noisy, clean, solver="cvxpy")
     return noisy, clean, ref
 
@@ -45,7 +39,7 @@ def test_matches_cvxpy_with_certified_gap(reference):
 
 
 def test_two_channels_and_sum_of_parts_matches_cvxpy():
-    noisy, clean = _data(seed=2, n=2, h=5, channels=2)
+    noisy, clean = random_pair(seed=2, n=2, h=5, channels=2)
     ref = ConvexDualDenoiser(n_patterns=6, beta=0.2).fit(noisy, clean, solver="cvxpy")
     m = ConvexDualDenoiser(beta=0.2, generators=ref.generators_).fit(noisy, clean,
                                                                      solver="ipm")
@@ -55,8 +49,9 @@ def test_two_channels_and_sum_of_parts_matches_cvxpy():
 
 
 def test_enumerable_problem_certificate_closes():
-    """All sign patterns (k = 1, 2 channels): the external certificate of convexnn.certificate
-    (a scaled dual point, exact per-pattern check) agrees with the IPM's own gap."""
+    """All sign patterns (k = 1, 2 channels): the external certificate of
+    convexnn.analysis.certificate (a scaled dual point, exact per-pattern check) agrees with
+    the IPM's own gap."""
     rng = np.random.default_rng(0)
     clean = rng.standard_normal((1, 1, 4, 4))
     noisy = np.concatenate([clean + 0.5 * rng.standard_normal(clean.shape),
@@ -93,7 +88,7 @@ def test_max_iter_raises_and_allow_inaccurate_warns(reference):
 
 
 def test_refuses_other_losses_and_large_systems():
-    noisy, clean = _data()
+    noisy, clean = random_pair()
     with pytest.raises(ValueError, match=r"expected loss in \['squared'\].*\['cvxpy', 'admm'\]"):
         ConvexDualDenoiser(n_patterns=4, beta=0.3, loss="l1").fit(noisy, clean, solver="ipm")
     # what cannot fit in memory is refused before any work, naming what would fit
@@ -158,7 +153,7 @@ def test_pattern_growth_with_ipm():
     patterns whose gated price exceeded beta, and a bad solver name is refused."""
     from convexnn.growth import grow_patterns
 
-    noisy, clean = _data(seed=1, n=2, h=6)
+    noisy, clean = random_pair(seed=1, n=2, h=6)
     base = ConvexDualDenoiser(n_patterns=4, beta=0.3, seed=0).fit(noisy, clean, solver="ipm")
     res = grow_patterns(base, noisy, clean, rounds=3, add_per_round=4, n_candidates=2000,
                         solver="ipm")
@@ -258,7 +253,7 @@ def test_newton_solver_reduced_and_full_factorisations(monkeypatch, reduced_fail
     """`NewtonSolver` solves `H du = r`, `H = [[K, -K], [-K, K]] + blockdiag(S_g)`, through
     the P d matrix `K + S_v Sigma^{-1} S_w`; where that one cannot be factored (rounding at
     large N, simulated here) it factors H itself and gives the same solution."""
-    import convexnn.ipm_newton as ipm
+    import convexnn.solve.ipm.newton as ipm
 
     rng = np.random.default_rng(5)
     p, d = 4, 3

@@ -5,41 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import CircularConv
 
 from convexnn import TwoLayerConvDenoiser
-from solvers.dncnn import DnCNN
-from solvers.equivariant import (
+from convexnn.solvers.dncnn import DnCNN
+from convexnn.solvers.equivariant import (
     D4,
     EquivariantDenoiser,
     d4_inverse,
     d4_transform,
     lipschitz_reduction,
 )
-from solvers.lipschitz import (
+from convexnn.solvers.lipschitz import (
     conv_norm_upper_bound,
     fft_conv_norm,
     firm_nonexpansiveness_penalty,
     jacobian_spectral_norm,
     network_lipschitz_upper_bound,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class CircularConv(torch.nn.Module):
-    def __init__(self, kernel: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("kernel", kernel.reshape(1, 1, *kernel.shape[-2:]))
-
-    def forward(self, x, sigma=None):
-        p = self.kernel.shape[-1] // 2
-        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.kernel.to(x.dtype))
 
 
 class ZeroPadConv(CircularConv):
@@ -227,7 +210,7 @@ def test_trained_dncnn_penalty_and_equivariance_lower_the_lipschitz_estimate(mni
     """Train the CPU DnCNN with and without the penalty (~1-2 min): the penalised net has a
     smaller ||grad Q||, and D4 averaging lowers ||grad Q|| of the plain one."""
     from convexnn.data import load_mnist
-    from solvers.dncnn import DenoiserTrainConfig, train_denoiser
+    from convexnn.solvers.dncnn import DenoiserTrainConfig, train_denoiser
 
     digits = load_mnist("test")
     train = torch.from_numpy(digits[100:400].astype("float32") / 255.0)[:, None]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from solvers.operators import calibration_size, estimate_coil_maps, fft2c
+from convexnn.solvers.operators import calibration_size, estimate_coil_maps, fft2c
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_restoration_data import SHARED, needs_shared  # noqa: E402

@@ -9,7 +9,7 @@ import torch
 from skimage.data import shepp_logan_phantom
 from skimage.transform import radon, resize
 
-from solvers.operators import (
+from convexnn.solvers.operators import (
     CT,
     MRI,
     Blur,

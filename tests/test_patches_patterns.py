@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from convexnn.patches import conv_same, patch_matrix
-from convexnn.patterns import (
+from convexnn.model.patches import conv_same, patch_matrix
+from convexnn.model.patterns import (
     arrangement_bound,
     check_generators,
     log_arrangement_bound,

@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from helpers import CircularConv, gaussian_kernel
 
-from solvers.denoisers import Averaged
-from solvers.history import History, psnr, ssim
-from solvers.operators import Blur, Identity
-from solvers.pnp import (
+from convexnn.solvers.denoisers import Averaged
+from convexnn.solvers.history import History, psnr, ssim
+from convexnn.solvers.operators import Blur, Identity
+from convexnn.solvers.pnp import (
     ConvergenceError,
     PnPConfig,
     data_prox,
@@ -38,22 +38,6 @@ def _one_thread():
 SOLVERS = [pnp_pgd, pnp_admm, pnp_hqs, pnp_drs, red]
 
 
-def gaussian_kernel(size: int = 5, s: float = 1.0) -> torch.Tensor:
-    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * s * s))
-    k = g[:, None] * g[None]
-    return k / k.sum()
-
-
-class CircularConv(torch.nn.Module):
-    """Linear denoiser: circular cross-correlation with a fixed kernel (known operator norm)."""
-
-    def __init__(self, kernel: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("kernel", kernel.reshape(1, 1, *kernel.shape[-2:]))
-
-    def forward(self, x, sigma=None):
-        p = self.kernel.shape[-1] // 2
-        return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), self.kernel.to(x.dtype))
 
 
 class SoftThreshold(torch.nn.Module):
@@ -148,9 +132,12 @@ def test_pgd_with_convex_dual_denoiser(small_pair):
     x, hist = pnp_pgd(y, op, model, PnPConfig(max_iter=15, tol=1e-8, relaxation=0.5,
                                               lipschitz=1.0, reference=clean))
     assert torch.isfinite(x).all() and x.shape == clean.shape
-    assert len(hist) >= 1 and all(math.isfinite(r) for r in hist.rel_change)
-    assert all(math.isfinite(p) for p in hist.psnr)
-    assert hist.stop_reason
+    assert len(hist) == 15 and hist.stop_reason.startswith("max_iter")
+    # it deblurs: 2 dB above its start (A^T y) and above the blurred measurement itself
+    # (measured: 17.24 -> 19.47 dB, y at 19.20 dB)
+    assert hist.psnr[-1] > hist.psnr[0] + 1.5
+    assert hist.psnr[-1] > psnr(y, clean, None)
+    assert hist.psnr[-1] == pytest.approx(psnr(x, clean, None))
     # the primal network (eq. 5) plugs in the same way
     primal = model.to_primal().double()
     xp, hp = pnp_pgd(y, op, primal, PnPConfig(max_iter=3, relaxation=0.5, lipschitz=1.0))
@@ -295,7 +282,7 @@ def test_metrics_match_scikit_image():
 
 
 def test_equivariant_random_denoiser_in_pnp(blur_problem):
-    from solvers.equivariant import EquivariantDenoiser
+    from convexnn.solvers.equivariant import EquivariantDenoiser
 
     clean, op, y = blur_problem
     skew = torch.tensor([[0.0, 0.6, 0.0], [0.1, 0.2, 0.0], [0.0, 0.1, 0.0]], dtype=torch.float64)

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from solvers.operators import Blur, Downsample, Identity, Inpainting
-from solvers.pnp import data_prox
-from solvers.podm import (
+from convexnn.solvers.operators import Blur, Downsample, Identity, Inpainting
+from convexnn.solvers.pnp import data_prox
+from convexnn.solvers.podm import (
     PODMConfig,
     Propagation,
     fista,
@@ -22,7 +22,7 @@ from solvers.podm import (
     podm,
     proximal_gradient,
 )
-from solvers.prox import L0, L1, Box, HaarWavelet, InBasis, Lp, SparseBox
+from convexnn.solvers.prox import L0, L1, Box, HaarWavelet, InBasis, Lp, SparseBox
 
 torch.set_num_threads(1)
 F64 = torch.float64

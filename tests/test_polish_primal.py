@@ -2,12 +2,11 @@ import math
 
 import pytest
 import torch
-from _train_helpers import tiny_mnist
+from helpers import primal_model, tiny_mnist
 
-from convexnn import TwoLayerConvDenoiser
-from convexnn.checkpoint import CheckpointMismatchError
-from convexnn.polish_primal import PolishConfig, polish_primal
-from convexnn.train_primal import PrimalTrainConfig, train_primal
+from convexnn.train.checkpoint import CheckpointMismatchError
+from convexnn.train.polish import PolishConfig, polish_primal
+from convexnn.train.primal import PrimalTrainConfig, train_primal
 
 
 @pytest.fixture(scope="module")
@@ -15,17 +14,13 @@ def data():
     return tiny_mnist()
 
 
-def _model(seed=0, m=8):
-    torch.manual_seed(seed)
-    return TwoLayerConvDenoiser(n_filters=m, dtype=torch.float64)
-
 
 CFG = dict(beta=1.0, inner=10, progress=False, dtype="float64")
 
 
 def test_polish_lowers_eq2_below_adam_and_history_is_exact(data):
     x, y, xe, ye = data
-    model = _model()
+    model = primal_model()
     train_primal(model, x, y, PrimalTrainConfig(beta=1.0, lr=1e-2, epochs=5, batch_size=2,
                                                 progress=False, dtype="float64"))
     adam = model.objective(x, y, 1.0)
@@ -43,10 +38,10 @@ def test_polish_lowers_eq2_below_adam_and_history_is_exact(data):
 
 def test_polish_beats_1000_full_batch_adam_steps_with_fewer_gradients(data):
     x, y, _, _ = data
-    adam = _model(1, m=4)
+    adam = primal_model(1, m=4)
     train_primal(adam, x, y, PrimalTrainConfig(beta=1.0, lr=1e-2, epochs=1000, batch_size=4,
                                                patience=1000, progress=False, dtype="float64"))
-    model = _model(1, m=4)
+    model = primal_model(1, m=4)
     res = polish_primal(model, x, y, PolishConfig(**{**CFG, "inner": 50}, max_steps=40,
                                                   tol=1e-10))
     assert res.status == "converged"          # an outer step that no longer lowers eq. 2
@@ -57,21 +52,21 @@ def test_polish_beats_1000_full_batch_adam_steps_with_fewer_gradients(data):
 def test_checkpoint_resume_and_mismatch(data, tmp_path):
     x, y, _, _ = data
     ck = tmp_path / "polish.pt"
-    a = _model(2)
+    a = primal_model(2)
     r1 = polish_primal(a, x, y, PolishConfig(**CFG, max_steps=2, checkpoint_path=str(ck)))
     assert ck.is_file() and len(r1.history) == 3
-    b = _model(2)        # fresh weights: the checkpoint's replace them
+    b = primal_model(2)        # fresh weights: the checkpoint's replace them
     r2 = polish_primal(b, x, y, PolishConfig(**CFG, max_steps=4, checkpoint_path=str(ck)))
     assert r2.resumed_from == 2 and len(r2.history) == 5
     assert r2.history[:3] == r1.history
     assert r2.history[-1]["train_objective"] <= r1.history[-1]["train_objective"]
     before = ck.read_bytes()
     with pytest.raises(CheckpointMismatchError):
-        polish_primal(_model(2), x, y, PolishConfig(**{**CFG, "beta": 2.0}, max_steps=4,
+        polish_primal(primal_model(2), x, y, PolishConfig(**{**CFG, "beta": 2.0}, max_steps=4,
                                                     checkpoint_path=str(ck)))
     assert ck.read_bytes() == before
     with pytest.raises(FileExistsError, match="resume=False"):
-        polish_primal(_model(2), x, y, PolishConfig(**CFG, max_steps=4, resume=False,
+        polish_primal(primal_model(2), x, y, PolishConfig(**CFG, max_steps=4, resume=False,
                                                     checkpoint_path=str(ck)))
 
 
@@ -84,6 +79,6 @@ def test_bad_input(data):
     with pytest.raises(ValueError, match="beta"):
         PolishConfig(beta=-1.0)
     with pytest.raises(ValueError, match="channel"):
-        polish_primal(_model(), torch.cat([x, x], 1), y, PolishConfig(**CFG))
+        polish_primal(primal_model(), torch.cat([x, x], 1), y, PolishConfig(**CFG))
     with pytest.raises(TypeError, match="eval_set"):
-        polish_primal(_model(), x, y, PolishConfig(**CFG), eval_set=xe)
+        polish_primal(primal_model(), x, y, PolishConfig(**CFG), eval_set=xe)

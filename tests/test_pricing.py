@@ -1,26 +1,22 @@
-"""Pattern pricing (column generation) around the interior-point solver (convexnn.pricing)."""
+"""Pattern pricing (column generation) around the interior-point solver
+(convexnn.solve.ipm.pricing)."""
 
 import numpy as np
 import pytest
 import torch
+from helpers import random_pair
 
 from convexnn import ConvexDualDenoiser, ConvexSolverError
-from convexnn.cone_values import ConeChecker, cone_values
-from convexnn.patches import patch_matrix
-from convexnn.pattern_rows import PatternRows
-from convexnn.pricing import dual_bound
-
-
-def _image_pair(seed=0, n=1, h=8):
-    rng = np.random.default_rng(seed)
-    clean = rng.standard_normal((n, 1, h, h))
-    return clean + 0.5 * rng.standard_normal(clean.shape), clean
+from convexnn.model.patches import patch_matrix
+from convexnn.solve.cone_values import ConeChecker, cone_values
+from convexnn.solve.ipm.pricing import dual_bound
+from convexnn.solve.pattern_rows import PatternRows
 
 
 @pytest.fixture(scope="module")
 def all_patterns():
     """40 patterns on one 8 x 8 image, solved by CVXPY over every pattern."""
-    noisy, clean = _image_pair()
+    noisy, clean = random_pair(h=8)
     ref = ConvexDualDenoiser(n_patterns=40, beta=2.0).fit(noisy, clean, solver="cvxpy")
     return noisy, clean, ref
 
@@ -70,7 +66,7 @@ def test_pricing_finds_and_adds_a_pattern_that_lowers_the_objective(all_patterns
 def test_cone_values_match_nnls_on_every_row():
     """The cutting-plane value equals the projection onto the cone of every row (NNLS on all
     N rows), its upper bound is never below it, and remembered rows make a repeat cheap."""
-    from convexnn.certificate import cone_sup
+    from convexnn.analysis.certificate import cone_sup
 
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.standard_normal((2000, 9)))
@@ -97,7 +93,7 @@ def test_dual_bound_is_weak_duality():
 
 def test_edge_cases_duplicates_one_pattern_and_all_zero():
     """Duplicate and all-zero candidates (dedupe off), P = 1, and beta above every value."""
-    noisy, clean = _image_pair(seed=3)
+    noisy, clean = random_pair(seed=3, h=8)
     noisy = np.abs(noisy) + 0.1                    # positive patches: g = -1 gives D = 0
     ref = ConvexDualDenoiser(n_patterns=12, beta=1.0).fit(noisy, clean, solver="cvxpy")
     g = ref.generators_

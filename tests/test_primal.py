@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convexnn import Loss, TwoLayerConvDenoiser
-from convexnn.patches import patch_matrix
+from convexnn.model.patches import patch_matrix
 
 
 def test_forward_is_sum_of_relu_filters(small_pair):
@@ -98,7 +98,7 @@ def test_dual_point_is_a_feasible_dual_point_with_the_same_predictions(small_pai
     """dual_point(): same predictions as the network, every cone constraint of eq. 4 holds, the
     eq. 4 objective is at most eq. 2 and equal once the layers are balanced."""
     from convexnn import ConvexDualDenoiser
-    from convexnn.adam import AdamConfig
+    from convexnn.solve.adam.solver import AdamConfig
 
     noisy, clean = small_pair
     torch.manual_seed(1)

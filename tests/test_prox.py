@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from solvers.prox import L0, L1, Box, HaarWavelet, InBasis, Lp, SparseBox
+from convexnn.solvers.prox import L0, L1, Box, HaarWavelet, InBasis, Lp, SparseBox
 
 torch.set_num_threads(1)
 

@@ -29,9 +29,9 @@ import pytest
 import torch
 
 from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser
-from convexnn.checkpoint import CheckpointMismatchError, load_checkpoint
 from convexnn.cli import main
 from convexnn.io import load_model, save_model
+from convexnn.train.checkpoint import CheckpointMismatchError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 FP = "0" * 64
@@ -161,7 +161,7 @@ def _resume_dual(path):
 
 
 def _resume_primal(path):
-    from convexnn.train_primal import train_primal
+    from convexnn.train.primal import train_primal
 
     x, y = _tiny_images()
     train_primal(TwoLayerConvDenoiser(n_filters=2), x, y, checkpoint_path=str(path), epochs=1,
@@ -170,7 +170,7 @@ def _resume_primal(path):
 
 def _resume_unrolled(path):
     from convexnn.deep import UnrolledDenoiser, train_unrolled
-    from convexnn.train_primal import PrimalTrainConfig
+    from convexnn.train.primal import PrimalTrainConfig
 
     x, y = _tiny_images()
     train_unrolled(UnrolledDenoiser(n_iterations=1, n_filters=2), x, y,
@@ -179,8 +179,8 @@ def _resume_unrolled(path):
 
 
 def _resume_lagged(path):
-    from solvers.energies import DataFidelity, MatrixOperator
-    from solvers.energy_dissipation import (
+    from convexnn.solvers.energies import DataFidelity, MatrixOperator
+    from convexnn.solvers.energy_dissipation import (
         MLP,
         DirectionNetwork,
         HalfSpaceProjection,
@@ -200,9 +200,9 @@ def _resume_lagged(path):
 def _resume_deq(path):
     from torch import nn
 
-    from solvers.deq import DEQ, DEQConfig
-    from solvers.deq_train import DEQTrainConfig, train_deq
-    from solvers.operators import Blur
+    from convexnn.solvers.deq import DEQ, DEQConfig
+    from convexnn.solvers.deq_train import DEQTrainConfig, train_deq
+    from convexnn.solvers.operators import Blur
 
     physics = Blur(torch.full((3, 3), 1 / 9, dtype=torch.float64), in_shape=(1, 6, 6))
     x, _ = _tiny_images()

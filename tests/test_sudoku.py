@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from solvers.energy_dissipation import DescentConfig, energy_dissipating_descent
-from solvers.sudoku import (
+from convexnn.solvers.energy_dissipation import DescentConfig, energy_dissipating_descent
+from convexnn.solvers.sudoku import (
     accuracy,
     count_solutions,
     generate_puzzles,

@@ -1,9 +1,9 @@
 """Data loading for convexnn: IDX/MNIST, shipped data files, synthetic noise, user images."""
 
-from ._bundled import bundled_dataset_path, shared_datasets_dir
-from .idx import idx_md5, read_idx
-from .images import load_image_pairs, load_images
-from .mnist import (
+from convexnn.data.bundled import bundled_dataset_path, shared_datasets_dir
+from convexnn.data.idx import idx_md5, read_idx
+from convexnn.data.images import load_image_pairs, load_images
+from convexnn.data.mnist import (
     MNIST_ARCHIVE_MD5,
     MNIST_DIR_ENV,
     MNIST_FILES,
@@ -16,14 +16,14 @@ from .mnist import (
     mnist_denoising_split,
     normalize_mnist,
 )
-from .noise import (
+from convexnn.data.noise import (
     NOISE_KINDS,
     NoiseConfig,
     add_exponential_noise,
     add_gaussian_noise,
     add_noise,
 )
-from .restoration import (
+from convexnn.data.restoration import (
     BART_DIR,
     LEVIN_DIR,
     MRI_SLICES_DIR,

@@ -39,7 +39,7 @@ def _looks_like_text(head: bytes) -> str:
     return ""
 
 
-def _load_bytes(path: str | PathLike[str]) -> bytes:
+def load_bytes(path: str | PathLike[str]) -> bytes:
     """The decompressed IDX bytes of `path` (gzip is detected by its magic bytes)."""
     path = Path(path)
     if not path.is_file():
@@ -54,7 +54,7 @@ def _load_bytes(path: str | PathLike[str]) -> bytes:
                          f"decompression failed: {err} (truncated or corrupt download?)") from None
 
 
-def _parse(data: bytes, path: str | PathLike[str]) -> np.ndarray:
+def parse_idx(data: bytes, path: str | PathLike[str]) -> np.ndarray:
     """Parse decompressed IDX bytes; `path` is only used in error messages."""
     if len(data) < 4:
         raise ValueError(f"{path}: expected an IDX header of at least 4 bytes, found only "
@@ -82,9 +82,9 @@ def _parse(data: bytes, path: str | PathLike[str]) -> np.ndarray:
 
 def read_idx(path: str | PathLike[str]) -> np.ndarray:
     """Read an IDX file (gzip or raw) into a native-endian numpy array of its stored shape."""
-    return _parse(_load_bytes(path), path)
+    return parse_idx(load_bytes(path), path)
 
 
 def idx_md5(path: str | PathLike[str]) -> str:
     """MD5 hex digest of the DECOMPRESSED bytes of `path` (independent of gzip recompression)."""
-    return hashlib.md5(_load_bytes(path)).hexdigest()
+    return hashlib.md5(load_bytes(path)).hexdigest()

@@ -17,9 +17,9 @@ from typing import Literal, overload
 import numpy as np
 import torch
 
-from .._validation import check_seed
-from ._bundled import bundled_dataset_path, shared_datasets_dir
-from .idx import _load_bytes, _parse
+from convexnn.data.bundled import bundled_dataset_path, shared_datasets_dir
+from convexnn.data.idx import load_bytes, parse_idx
+from convexnn.model.validation import check_seed
 
 __all__ = [
     "MNIST_DIR_ENV",
@@ -120,7 +120,7 @@ def _read_checked(path: Path, stem: str, verify: bool) -> np.ndarray:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, verify)
     if key not in _cache:
-        data = _load_bytes(path)
+        data = load_bytes(path)
         if verify:
             got = hashlib.md5(data).hexdigest()
             if got != MNIST_MD5[stem]:
@@ -129,7 +129,7 @@ def _read_checked(path: Path, stem: str, verify: bool) -> np.ndarray:
                                  f"the file or pass verify=False to load it anyway.")
         if len(_cache) >= 8:
             _cache.pop(next(iter(_cache)))
-        _cache[key] = _parse(data, path)
+        _cache[key] = parse_idx(data, path)
     return _cache[key].copy()
 
 

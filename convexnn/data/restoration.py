@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._bundled import SHARED_DATASETS_ENV, bundled_dataset_path, shared_datasets_dir
+from convexnn.data.bundled import SHARED_DATASETS_ENV, bundled_dataset_path, shared_datasets_dir
 
 __all__ = [
     "RESTORATION_SETS",

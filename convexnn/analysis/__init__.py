@@ -1,0 +1,1 @@
+"""Gap reports, optimality certificates and figures."""

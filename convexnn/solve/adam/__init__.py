@@ -1,0 +1,1 @@
+"""Hinge-penalised Adam on eq. 4 (App. B)."""

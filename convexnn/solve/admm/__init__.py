@@ -1,0 +1,1 @@
+"""The ADMM solver of eq. 4."""

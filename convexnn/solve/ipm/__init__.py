@@ -1,0 +1,1 @@
+"""The interior-point solver of eq. 4 and its pattern pricing."""
