@@ -79,7 +79,7 @@ def _run(queue, solver, n_images, n_patterns, beta, opts):
                                         "lower_bound", "working_patterns", "pricing_rounds",
                                         "coarse_levels", "ipm_iterations_total", "solver_choice",
                                         "certificate") if k in d},
-                   **({"trajectory": [(r["seconds"], r.get("train_primal_objective"))
+                   **({"trajectory": [(r["elapsed_seconds"], r.get("train_primal_objective"))
                                       for r in m.history_ if "train_primal_objective" in r]}
                       if info.solver == "adam" else {}),
                    **({"primal_objective": m.history_[-1]["train_primal_objective"],
@@ -178,8 +178,9 @@ def paper_scale(args, say) -> dict:
     old = json.loads(path.read_text()) if args.resume and path.exists() else {}
 
     def cell(group, name, fn, needs=None):   # a cell of an earlier run is kept (--resume)
-        if name in old.get(group, {}) and "status" in old[group][name] and (
-                needs is None or needs.exists()):
+        kept = old.get(group, {}).get(name, {})
+        if str(kept.get("status", "failed")).startswith(("optimal", "finished", "max_", "stop")) \
+                and (needs is None or needs.exists()):
             return old[group][name]
         return fn()
 

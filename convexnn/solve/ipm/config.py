@@ -26,20 +26,20 @@ class IpmConfig:
     `ConvexSolverError` unless `allow_inaccurate=True`.
 
     Pattern pricing (column generation, `convexnn.solve.ipm.pricing`): with `pricing=True` (the
-    default, `None`, chooses it when there are more than `pricing_above` patterns or the Newton
-    system of every pattern would not fit in memory) the solver works on a working set of patterns:
-    it solves eq. 4 on the set, prices every candidate pattern against the residual (the gated
-    bound `||X^T D_i lambda||`, then the exact cone-restricted value of App. C where the gated
-    bound exceeds beta), adds at most `pricing_batch` violators per round and stops when no
-    candidate's value exceeds `beta (1 + pricing_tol)`. The final lower bound and certified gap
-    cover every candidate pattern (`solve_info_.details["certified_gap"]`). Coarse to fine: the
-    problem is first solved on a seeded sample of 1 / `pricing_coarse` of the pixels (beta per
-    pixel fixed; recursively while a level keeps `coarse_min_pixels`), whose support starts the
-    working set of the next level (`pricing_coarse=1`: off); only the last level, on every pixel,
-    is solved to the certified optimum. `checkpoint_path`: the working set is saved atomically
-    after every round and a run resumes from it (`resume=True`); `warm_start`: a fitted model or
-    `(v, w)` on the same generators whose largest groups start the working set (e.g. from
-    `solver="adam"`).
+    default, `None`, chooses it when there are more than `pricing_above` patterns, when N P^2 > 5e9
+    (where it was measured to pay), or when the Newton system of every pattern would not fit in
+    memory) the solver works on a working set of patterns: it solves eq. 4 on the set, prices every
+    candidate pattern against the residual (the gated bound `||X^T D_i lambda||`, then the exact
+    cone-restricted value of App. C where the gated bound exceeds beta), adds at most
+    `pricing_batch` violators per round and stops when no candidate's value exceeds `beta (1 +
+    pricing_tol)`. The final lower bound and certified gap cover every candidate pattern
+    (`solve_info_.details["certified_gap"]`). Coarse to fine: the problem is first solved on a
+    seeded sample of 1 / `pricing_coarse` of the pixels (beta per pixel fixed; recursively while a
+    level keeps `coarse_min_pixels`), whose support starts the working set of the next level
+    (`pricing_coarse=1`: off); only the last level, on every pixel, is solved to the certified
+    optimum. `checkpoint_path`: the working set is saved atomically after every round and a run
+    resumes from it (`resume=True`); `warm_start`: a fitted model or `(v, w)` on the same
+    generators whose largest groups start the working set (e.g. from `solver="adam"`).
 
     Memory: `memory_limit` bytes (None: 80% of the memory available now, GPU memory on a
     GPU). A problem whose Newton system (or, for pricing, whose smallest useful working set)
