@@ -1,4 +1,4 @@
-"""PnP-PGD seconds per iteration: `solvers.pnp.pnp_pgd` vs deepinv's `optim.PGD`, one run.
+"""PnP-PGD seconds per iteration: `convexnn.solvers.pnp.pnp_pgd` vs deepinv's `optim.PGD`, one run.
 
 Same denoiser, same blur (a Levin motion kernel, circular), same step, same image; the runs
 are interleaved and repeated, and the median is reported, so the ratio is what counts on a

@@ -38,7 +38,8 @@ class FirmlyNonexpansiveDenoiser(nn.Module):
 
     @property
     def firmly_nonexpansive(self) -> bool:
-        """True when the certificate proves it (read by solvers.pnp's convergence checks)."""
+        """True when the certificate proves it (read by the convergence checks of
+        convexnn.solvers.pnp)."""
         return self.lipschitz_certificate <= 1.0
 
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:

@@ -326,7 +326,7 @@ def save_stack(stack: GreedyConvexStack, path: str | Path) -> Path:
     for b, blk in enumerate(stack.blocks_):
         tensors.update({f"block{b}.generators": blk.generators_, f"block{b}.v": blk.v_,
                         f"block{b}.w": blk.w_})
-        blocks.append({"params": blk.get_params(), "objective": float(blk.objective_),
+        blocks.append({"params": blk.saved_params(), "objective": float(blk.objective_),
                        "n_channels": int(blk.n_channels_), "solver": blk.solve_info_.solver,
                        "status": blk.solve_info_.status})
     header = {"config": stack.config.to_dict(), "blocks": blocks, "history": stack.history_}
@@ -367,7 +367,8 @@ def load_stack(path: str | Path) -> GreedyConvexStack:
     stack.blocks_, stack.history_ = [], list(header.get("history", []))
     for b, info in enumerate(header["blocks"][:int(meta["n_blocks"])]):
         g = tensors[f"block{b}.generators"].to(torch.float64)
-        blk = ConvexDualDenoiser(generators=g, **info["params"])
+        params = {k: v for k, v in info["params"].items() if k != "generators"}
+        blk = ConvexDualDenoiser(generators=g, **params)
         blk.n_channels_, blk.generators_ = int(info["n_channels"]), g
         blk.v_ = tensors[f"block{b}.v"].to(torch.float64)
         blk.w_ = tensors[f"block{b}.w"].to(torch.float64)

@@ -141,6 +141,10 @@ class ConvexDualDenoiser(nn.Module):
         compatibility: there are no nested estimators)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
+    def saved_params(self) -> dict[str, Any]:
+        """`get_params()` without `generators` (saved as a tensor beside the header)."""
+        return {k: v for k, v in self.get_params().items() if k != "generators"}
+
     def set_params(self, **params: Any) -> ConvexDualDenoiser:
         """Set hyper-parameters, validated as `__init__` validates them; refit afterwards."""
         unknown = sorted(set(params) - set(self._param_names()))

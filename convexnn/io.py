@@ -44,8 +44,7 @@ def save_model(model: ConvexDualDenoiser | TwoLayerConvDenoiser, path: str | Pat
     if isinstance(model, ConvexDualDenoiser):
         model._check_fitted()
         tensors = {"generators": model.generators_, "v": model.v_, "w": model.w_}
-        params = {k: v for k, v in model.get_params().items() if k != "generators"}
-        header = {"kind": "dual", "params": params,
+        header = {"kind": "dual", "params": model.saved_params(),
                   "objective": float(model.objective_) if hasattr(model, "objective_") else None,
                   "n_channels": int(model.n_channels_), "solver": model.solve_info_.solver,
                   "status": model.solve_info_.status}

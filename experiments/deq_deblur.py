@@ -13,7 +13,7 @@ images 01-03 (centre crops). Measurements are synthesised with the same circular
 model uses. Both DEQs start from the same weights, see the same minibatches (same seed) for
 the same number of epochs; their epochs are interleaved (JFB epoch e, implicit epoch e, ...
 by checkpoint + resume) so that load on the shared machine hits both alike. Baselines: the
-blurred input, PnP-PGD (`solvers.pnp`) with a TV prox (weight tuned on training crops) and
+blurred input, PnP-PGD (`convexnn.solvers.pnp`) with a TV prox (weight tuned on training crops) and
 with the convex denoiser D itself, and the untrained DEQ.
 
     PYTHONPATH=. python experiments/deq_deblur.py --quick

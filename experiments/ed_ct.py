@@ -1,6 +1,6 @@
 """CT reconstruction with energy-dissipating networks (paper Sec. 5.2, Fig. 4).
 
-Parallel-beam Radon operator (``solvers.operators.CT``, sparse angles) on 64 x 64 images;
+Parallel-beam Radon operator (``convexnn.solvers.operators.CT``, sparse angles) on 64 x 64 images;
 surrogate energy ``1/2 ||A u - f||^2 + alpha TV_eps(u)`` (Charbonnier TV). Training: MRI slices
 0-7 of ``load_mri_slices`` and natural-image patches (scikit-image samples), lagged distribution
 bootstrapped on the first 10 gradient-descent iterates; projection eq. 21 (``<d, g> >= zeta

@@ -1,13 +1,13 @@
 """9x9 Sudoku as convex feasibility (paper Sec. 5.3-5.4, Table 2).
 
-Energy eq. 25 over the five sets of ``solvers.sudoku`` (cell / row / column / box simplices and
-the givens). Rows: gradient descent with step 1 for 100 iterations (= averaged projections),
-a baseline network (``SetNet`` without projection, one forward pass from the start
+Energy eq. 25 over the five sets of ``convexnn.solvers.sudoku`` (cell / row / column / box
+simplices and the givens). Rows: gradient descent with step 1 for 100 iterations (= averaged
+projections), a baseline network (``SetNet`` without projection, one forward pass from the start
 ``u^0`` = givens one-hot, 1/9 elsewhere, trained on eq. 7) and the energy-dissipating network
-(``SetNet`` + ``TwoSidedProjection``, Algorithm 1, 100 iterations; lagged training with 15
-descent iterations, Sec. 5.4). Puzzles: seeded generator (``generate_puzzles``), "easy" =
-36 givens; the test set has unique solutions. Accuracy = fraction of the 81 cells equal to the
-solution after arg-max rounding; solve rate = fraction of grids fully correct.
+(``SetNet`` + ``TwoSidedProjection``, Algorithm 1, 100 iterations; lagged training with 15 descent
+iterations, Sec. 5.4). Puzzles: seeded generator (``generate_puzzles``), "easy" = 36 givens; the
+test set has unique solutions. Accuracy = fraction of the 81 cells equal to the solution after
+arg-max rounding; solve rate = fraction of grids fully correct.
 
     PYTHONPATH=. python experiments/ed_sudoku.py            # default
     PYTHONPATH=. python experiments/ed_sudoku.py --quick    # CI

@@ -12,6 +12,10 @@ from convexnn import ConvexDualDenoiser, TwoLayerConvDenoiser
 from convexnn.data import NoiseConfig, add_noise, mnist_denoising_split
 from convexnn.solve.adam.solver import AdamConfig
 from convexnn.train.primal import PrimalTrainConfig, train_primal
+from experiments.common import RESULTS, write_json
+
+__all__ = ["RESULTS", "BETA_MEAN", "write_json", "load_data", "run_primal", "run_dual",
+           "final_objectives", "plot_curves", "plot_reconstructions"]
 
 BETA_MEAN = 1e-3   # weight decay in the mean scale; eq. 2/4 use beta = BETA_MEAN * N pixels
 

@@ -8,7 +8,7 @@ low-resolution coil images over their root-sum-of-squares; not ESPIRiT).
 
 The check: with ``MRI(mask, maps)`` (``y_c = M F (S_c x)``, centred orthonormal FFT) a
 Tikhonov-regularised least-squares (SENSE) reconstruction ``argmin ||A x - y||^2 + lam ||x||^2``
-(conjugate gradients from 0, ``solvers.pnp.data_prox``) is compared with the reference
+(conjugate gradients from 0, ``convexnn.solvers.pnp.data_prox``) is compared with the reference
 magnitude. The maps' phase is arbitrary (ours and ESPIRiT's differ by a smooth phase), so the
 comparison is on magnitudes, inside the reference's support (magnitude > 10% of its maximum),
 after the one global scale that fits best (least squares): BART's ``pics`` rescales the data,

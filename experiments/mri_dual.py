@@ -5,7 +5,7 @@ fastMRI cannot be redistributed, so the data are the 10 real 256 x 256 brain sli
 size; ``--size 128`` for the larger one). Complex ground truth: magnitude times a smooth,
 seeded phase ``exp(i phi)``, ``phi = pi/2 * (a u + b v + c (u^2 + v^2))`` on ``u, v in [-1, 1]``
 with ``a, b, c ~ U(-1, 1)`` per slice (documented in the JSON). Variable-density Poisson-disc
-masks (our seeded implementation, ``solvers.operators.poisson_disc_mask``) at R = 2, 4, 8
+masks (our seeded implementation, ``convexnn.solvers.operators.poisson_disc_mask``) at R = 2, 4, 8
 with a 16 x 16 calibration region; input = zero-filled reconstruction ``A^H A x``. Real and
 imaginary parts are separate single-channel examples; residual two-layer network with a 7 x 7
 first layer (padding 3): primal with 1,024 filters vs dual with 5,000 sign patterns.

@@ -1,6 +1,6 @@
 """Relaxed PODM (RPODM) deblurring (Liu et al., NeurIPS 2018, Sec. 5.2, Table 2 set-up),
-against TV (proximal gradient with the Chambolle TV prox) and PnP-PGD (solvers.pnp) with the
-same learned denoiser; the checked PODM (eqs. 5-6) on the same model for reference.
+against TV (proximal gradient with the Chambolle TV prox) and PnP-PGD (convexnn.solvers.pnp) with
+the same learned denoiser; the checked PODM (eqs. 5-6) on the same model for reference.
 
 Model: ``min_u 1/2 ||k * u - o||^2 + chi_Omega(u)``, ``Omega = {||u||_0 <= s, u_i in {0} u
 [a, b]}`` with ``a = min(o)``, ``b = max(o)`` (``SparseBox``; s = None: no sparsity limit, the

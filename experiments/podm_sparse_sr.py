@@ -9,7 +9,7 @@ the image variable ``x = W^T a`` (the same iterates, W orthonormal): ``g = InBas
 24; noise-free low-resolution inputs; every method starts at ``x0 = f^2 S^T o`` (nearest-
 neighbour upsampling, data-consistent) and runs the same number of stages.
 
-The network A is a small DnCNN (solvers.dncnn) trained here on BSD68 patches (disjoint from
+The network A is a small DnCNN (convexnn.solvers.dncnn) trained here on BSD68 patches (disjoint from
 Set5) for a couple of minutes; its weights are cached in
 ``experiments/results/podm_dncnn.pt`` (state dict, loaded with weights_only=True) and reused by
 podm_deblur.py. Writes ``experiments/results/podm_sparse_sr[_quick].json`` and ``.png``.

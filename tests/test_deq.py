@@ -1,4 +1,5 @@
-"""Deep-equilibrium networks and JFB (solvers.deq, solvers.deq_train) on tiny blur problems."""
+"""Deep-equilibrium networks and JFB (convexnn.solvers.deq, convexnn.solvers.deq_train) on tiny
+blur problems."""
 
 from __future__ import annotations
 
@@ -338,5 +339,5 @@ def test_bad_inputs_name_expected_and_got():
         DEQTrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="lr: expected a positive number"):
         DEQTrainConfig(lr=-1.0)
-    with pytest.raises(TypeError, match="expected a solvers.deq.DEQ"):
+    with pytest.raises(TypeError, match="expected a convexnn.solvers.deq.DEQ"):
         train_deq(SmallNet(), d, x)

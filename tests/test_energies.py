@@ -1,5 +1,5 @@
-"""Energies of solvers.energies: values, gradients against autograd, Lipschitz constants, and
-clear errors for bad input."""
+"""Energies of convexnn.solvers.energies: values, gradients against autograd, Lipschitz
+constants, and clear errors for bad input."""
 
 from __future__ import annotations
 

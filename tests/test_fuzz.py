@@ -761,7 +761,7 @@ def test_fuzz_mnist_split(n_examples):
                                  torch.int64, "float32", None]))
 
 
-# ------------------------------------------------------------------------- solvers.operators
+# --------------------------------------------------------------- convexnn.solvers.operators
 OPERATOR_KINDS = ("identity", "identity_shape", "inpainting", "blur_circular", "blur_valid",
                   "downsample_average", "downsample_bicubic", "mri", "mri_coils", "ct")
 
@@ -1020,7 +1020,7 @@ PNP_NAMES = ("y", "x0", "reference", "physics", "denoiser", "step", "lipschitz",
              "data_range", "measurements", "expected")
 
 
-# ------------------------------------------------------------------------- solvers.pnp
+# ------------------------------------------------------------------------- convexnn.solvers.pnp
 @pytest.mark.parametrize("solver", ["pgd", "admm", "hqs", "drs", "red"])
 @fuzz()
 def test_fuzz_pnp(solver, n_examples):
@@ -1078,16 +1078,17 @@ PNP_OPTIONS = options(
      "data_range": _faultable(st.sampled_from([None, 1.0]), [0.0, -1.0, float("nan")])})
 
 
-# ------------------------------------------------------------------------- solvers.podm
+# ------------------------------------------------------------------------- convexnn.solvers.podm
 PRIORS = {
-    "l1": lambda: __import__("solvers.prox", fromlist=["L1"]).L1(0.05),
-    "l0": lambda: __import__("solvers.prox", fromlist=["L0"]).L0(0.01),
-    "lp": lambda: __import__("solvers.prox", fromlist=["Lp"]).Lp(0.05, 0.8),
-    "box": lambda: __import__("solvers.prox", fromlist=["Box"]).Box(0.0, 1.0),
-    "sparse_box": lambda: __import__("solvers.prox", fromlist=["SparseBox"]).SparseBox(0, 1, 3),
-    "haar": lambda: __import__("solvers.prox", fromlist=["InBasis"]).InBasis(
-        __import__("solvers.prox", fromlist=["Lp"]).Lp(0.05, 0.8),
-        __import__("solvers.prox", fromlist=["HaarWavelet"]).HaarWavelet(1)),
+    "l1": lambda: __import__("convexnn.solvers.prox", fromlist=["L1"]).L1(0.05),
+    "l0": lambda: __import__("convexnn.solvers.prox", fromlist=["L0"]).L0(0.01),
+    "lp": lambda: __import__("convexnn.solvers.prox", fromlist=["Lp"]).Lp(0.05, 0.8),
+    "box": lambda: __import__("convexnn.solvers.prox", fromlist=["Box"]).Box(0.0, 1.0),
+    "sparse_box": lambda: __import__("convexnn.solvers.prox",
+                                     fromlist=["SparseBox"]).SparseBox(0, 1, 3),
+    "haar": lambda: __import__("convexnn.solvers.prox", fromlist=["InBasis"]).InBasis(
+        __import__("convexnn.solvers.prox", fromlist=["Lp"]).Lp(0.05, 0.8),
+        __import__("convexnn.solvers.prox", fromlist=["HaarWavelet"]).HaarWavelet(1)),
     "none": lambda: None,
     "string": lambda: "l1",
 }

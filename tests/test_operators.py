@@ -1,4 +1,5 @@
-"""solvers.operators: adjoints, norms, gradients, masks, reference comparisons, input errors."""
+"""convexnn.solvers.operators: adjoints, norms, gradients, masks, reference comparisons, input
+errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""PnP solvers (solvers.pnp) and the history record (solvers.history) on small blur problems."""
+"""PnP solvers (convexnn.solvers.pnp) and the history record (convexnn.solvers.history) on small
+blur problems."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PODM (solvers.podm): closed-form propagation, the descent guarantee for any network,
+"""PODM (convexnn.solvers.podm): closed-form propagation, the descent guarantee for any network,
 fallback, convergence, baselines and input errors. Tiny images; runs in well under a minute."""
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match=r"reference: expected the image shape \(1, 1, 8, 8\), "
                                          r"got \(8, 8\)"):
         podm(y, physics, L1(0.1), None, x_ref=x[0, 0])
-    with pytest.raises(TypeError, match="prox: expected a solvers.prox.Prox"):
+    with pytest.raises(TypeError, match="prox: expected a convexnn.solvers.prox.Prox"):
         podm(y, physics, lambda v, s: v, None)
     with pytest.raises(TypeError, match="config: expected PODMConfig, got dict"):
         fista(y, physics, L1(0.1), {"n_stages": 3})

@@ -1,4 +1,5 @@
-"""Proximal operators of solvers.prox against brute-force minimisation, and the Haar basis."""
+"""Proximal operators of convexnn.solvers.prox against brute-force minimisation, and the Haar
+basis."""
 
 from __future__ import annotations
 

@@ -316,7 +316,7 @@ def test_no_unsafe_deserialisation_in_the_sources():
 
 
 # ---------------------------------------------------------------------- CLI: no overwrites
-DEMO = ["demo", "--n-train", "1", "--n-test", "0", "--patterns", "4", "--quiet"]
+DEMO = ["demo", "--n-train", "1", "--n-test", "1", "--patterns", "4", "--quiet"]
 
 
 def _no_solve(monkeypatch):
@@ -364,14 +364,14 @@ def test_cli_rerun_overwrites_in_the_folder_only(tmp_path, good, capsys):
     out.mkdir()
     assert main(DEMO + ["--out", str(out)]) == 0             # an existing empty folder is fine
     first = _listing(out)
-    assert set(first) == {"gap_report.json", "reconstructions.png", "model.safetensors"}
+    assert set(first) == {"demo.json", "reconstructions.png", "model.safetensors"}
     capsys.readouterr()
     (out / "notes.txt").write_text("mine")                    # a foreign file: refused
     _cli_refuses(DEMO + ["--out", str(out), "--seed", "1"], capsys, "pass --force")
     assert _listing(out) == {**first, "notes.txt": b"mine"}
     (out / "notes.txt").unlink()
     victims = {}
-    for name in ("gap_report.json", "reconstructions.png"):  # links to files elsewhere
+    for name in ("demo.json", "reconstructions.png"):  # links to files elsewhere
         victims[name] = tmp_path / f"victim_{name}"
         victims[name].write_text("outside the output folder")
         (out / name).unlink()

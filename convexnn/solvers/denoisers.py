@@ -2,7 +2,7 @@
 
 A denoiser is a torch `nn.Module` (or any callable) called `denoiser(x, sigma=None)` on
 `(B, C, H, W)` that returns a tensor of the same shape: the convention deepinv uses, so
-denoisers pass between the two libraries (`solvers.deepinv_adapter`). `ConvexDualDenoiser`
+denoisers pass between the two libraries (`convexnn.solvers.deepinv_adapter`). `ConvexDualDenoiser`
 (gated dual network, eq. 4) and `TwoLayerConvDenoiser` (primal, eq. 1) satisfy it as they are.
 
 Wrappers:

@@ -13,13 +13,13 @@ The network output is the fixed point ``x* = T_theta(x*; d)`` of one of two laye
 - ``form="prox"``:     ``T(x) = R_theta(x - eta A^T (A x - d))``       (slide "Proximal Gradient
   Descent", the prox replaced by ``R_theta``)
 
-``S``/``R`` is any denoiser ``net(x, sigma=None)`` (``solvers.denoisers`` protocol). Forward:
-fixed-point iteration (optionally Anderson-accelerated) under ``no_grad`` to a relative
+``S``/``R`` is any denoiser ``net(x, sigma=None)`` (``convexnn.solvers.denoisers`` protocol).
+Forward: fixed-point iteration (optionally Anderson-accelerated) under ``no_grad`` to a relative
 residual tolerance, then one tracked application of ``T``. Backward ``"jfb"`` stops there
 (``p_theta = dl/dx dT/dtheta``); ``"implicit"`` replaces the incoming gradient ``g`` by the
-solution ``v`` of ``v = g + J^T v`` (eq. (1), ``J = dT/dx`` at ``x*``) through vjps. The
-networks built from a convex-dual solution, spectral normalisation, the contraction penalty
-and the training loop are in ``solvers.deq_train``.
+solution ``v`` of ``v = g + J^T v`` (eq. (1), ``J = dT/dx`` at ``x*``) through vjps. The networks
+built from a convex-dual solution, spectral normalisation, the contraction penalty and the training
+loop are in ``convexnn.solvers.deq_train``.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def fixed_point(fn, x0: Tensor, max_iter: int = 100, tol: float = 1e-4, anderson
         if not (math.isfinite(a) and math.isfinite(rel)):
             raise NonContractiveError(
                 f"{what}: non-finite residual after {k + 1} iterations: T is not a contraction "
-                f"(use solvers.deq_train.spectral_normalize, a contraction penalty or a "
+                f"(use convexnn.solvers.deq_train.spectral_normalize, a contraction penalty or a "
                 f"smaller step)")
         w = divergence_window
         if len(abs_res) > w and min(abs_res[-w:]) > divergence_factor * min(abs_res[:-w]):
@@ -184,8 +184,8 @@ def fixed_point(fn, x0: Tensor, max_iter: int = 100, tol: float = 1e-4, anderson
                 f"{what}: the residual ||T(x) - x|| grew over the last {w} iterations, from "
                 f"{min(abs_res[:-w]):.3e} (best before) to {abs_res[-1]:.3e} (now, iteration "
                 f"{k + 1}): T is not a contraction here (expected residuals to shrink by a "
-                f"factor L < 1 per step); use solvers.deq_train.spectral_normalize, a contraction "
-                f"penalty or a smaller step")
+                f"factor L < 1 per step); use convexnn.solvers.deq_train.spectral_normalize, a "
+                f"contraction penalty or a smaller step")
         if rel <= tol:
             stats.converged, stats.stop_reason = True, f"residual <= tol ({tol:g})"
             break
@@ -243,7 +243,7 @@ def _has_parametrizations(module: Any) -> bool:
 class DEQ(nn.Module):
     """Implicit network ``d -> x*`` with ``x* = T_theta(x*; d)`` (module docstring).
 
-    ``physics``: a ``solvers.operators.LinearOperator`` (``A``, ``A_adjoint``, ``norm``);
+    ``physics``: a ``convexnn.solvers.operators.LinearOperator`` (``A``, ``A_adjoint``, ``norm``);
     ``network``: ``S_theta`` (gradient form) or ``R_theta`` (prox form). After each call,
     ``last_forward_stats_`` (and, after ``backward()`` with ``backward="implicit"``,
     ``last_backward_stats_``) hold the ``FixedPointStats``.
@@ -379,7 +379,7 @@ class DEQ(nn.Module):
     def contraction_factor(self, d: Tensor, x: Tensor | None = None, n_iter: int = 50,
                            tol: float = 1e-5, seed: int = 0) -> LipschitzEstimate:
         """``||dT/dx||_2`` at ``x`` (default: the fixed point) per sample, by power iteration
-        on ``J^T J`` through autograd (``solvers.lipschitz``); < 1 is the contraction that
+        on ``J^T J`` through autograd (``convexnn.solvers.lipschitz``); < 1 is the contraction that
         Banach's theorem and JFB's descent guarantee ask for (slide "JFB Conditions", i.)."""
         if x is None:
             x = self.fixed_point(d)

@@ -1,18 +1,19 @@
-"""Networks for ``solvers.deq.DEQ``, their contraction control, and minibatch Adam training.
+"""Networks for ``convexnn.solvers.deq.DEQ``, their contraction control, and minibatch Adam
+training.
 
 Networks: ``deq_network_from_convex`` builds ``S_theta`` / ``R_theta`` from a convex-dual
 solution (``ConvexRegulariser`` for the gradient form); ``spectral_normalize`` freezes layer
 spectral norms.
 
-Training (``train_deq``) on (measurement, clean) pairs. Loss per minibatch:
-``mean ||x*(d) - x||^2`` (pixel-averaged), with the gradient the DEQ's ``config.backward``
-selects (JFB or the implicit eq. (1)), plus an optional contraction penalty
-``lipschitz_penalty * mean max(||dT/dx (x*)||_2, target)^2`` (power iteration through
-autograd, ``solvers.lipschitz``; the relaxed penalty of Pesquet et al. applied to T instead of
-2J - I). History per epoch: loss, PSNR of the training outputs, validation PSNR, seconds
-(forward solve and backward separately), mean forward/backward iterations and the fraction
-of solves that stopped at max_iter. Checkpoints are atomic and resume exactly
-(``convexnn.train.checkpoint``: temp file + ``os.replace``, ``torch.load(weights_only=True)``).
+Training (``train_deq``) on (measurement, clean) pairs. Loss per minibatch: ``mean ||x*(d) -
+x||^2`` (pixel-averaged), with the gradient the DEQ's ``config.backward`` selects (JFB or the
+implicit eq. (1)), plus an optional contraction penalty ``lipschitz_penalty * mean max(||dT/dx
+(x*)||_2, target)^2`` (power iteration through autograd, ``convexnn.solvers.lipschitz``; the
+relaxed penalty of Pesquet et al. applied to T instead of 2J - I). History per epoch: loss, PSNR of
+the training outputs, validation PSNR, seconds (forward solve and backward separately), mean
+forward/backward iterations and the fraction of solves that stopped at max_iter. Checkpoints are
+atomic and resume exactly (``convexnn.train.checkpoint``: temp file + ``os.replace``,
+``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def train_deq(deq: DEQ, measurements: Tensor, targets: Tensor,
     if not isinstance(cfg, DEQTrainConfig):
         raise TypeError(f"train_deq: config: expected DEQTrainConfig, got {type(cfg).__name__}")
     if not isinstance(deq, DEQ):
-        raise TypeError(f"train_deq: expected a solvers.deq.DEQ, got {type(deq).__name__}")
+        raise TypeError(f"train_deq: expected a convexnn.solvers.deq.DEQ, got {type(deq).__name__}")
     params = [p for p in deq.parameters() if p.requires_grad]
     if not params:
         raise ValueError("train_deq: the DEQ has no trainable parameters")
@@ -266,7 +267,7 @@ def train_deq(deq: DEQ, measurements: Tensor, targets: Tensor,
     opt = torch.optim.Adam(params, lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     res = DEQTrainResult()
-    fp = fingerprint("solvers.deq.train_deq", {**cfg.trajectory_settings(),
+    fp = fingerprint("convexnn.solvers.deq.train_deq", {**cfg.trajectory_settings(),
                                                "deq": deq.config.to_dict()},
                      {"measurements": d_all, "targets": x_all,
                       **{f"init.{k}": v for k, v in deq.state_dict().items()
@@ -341,7 +342,7 @@ def train_deq(deq: DEQ, measurements: Tensor, targets: Tensor,
         if val is not None:
             res.val_psnr.append(_evaluate(deq, val[0], val[1], cfg.batch_size, cfg.data_range))
         if path is not None:
-            save_checkpoint(path, {"fingerprint": fp, "kind": "solvers.deq.train_deq",
+            save_checkpoint(path, {"fingerprint": fp, "kind": "convexnn.solvers.deq.train_deq",
                                    "epoch": epoch + 1, "model": deq.state_dict(),
                                    "optimizer": opt.state_dict(), "generator": gen.get_state(),
                                    "result": res.to_dict()})

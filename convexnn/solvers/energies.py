@@ -132,7 +132,7 @@ class MatrixOperator(torch.nn.Module):
 class DataFidelity(Energy):
     """``E(u) = 1/2 ||A u - f||^2`` (Sec. 5.1); ``grad = A^T (A u - f)``; ``L = ||A||^2``.
 
-    ``operator`` has ``A``, ``A_adjoint`` and ``norm()`` (``solvers.operators`` or
+    ``operator`` has ``A``, ``A_adjoint`` and ``norm()`` (``convexnn.solvers.operators`` or
     ``MatrixOperator``); ``f`` is the batch of measurements (one per sample of ``u``).
     ``lipschitz`` skips the power iteration when ``||A||^2`` is known.
     """

@@ -3,7 +3,7 @@ Bridging Framework for Model Optimization and Deep Propagation", NeurIPS 2018), 
 relaxed variant RPODM and FISTA / proximal-gradient baselines.
 
 Model (eq. 1): ``Phi(x) = f(x) + g(x)``, ``f(x) = 1/2 ||A x - y||^2`` for any operator A
-(``L = ||A||^2 = physics.norm()``), g a prior with an exact prox (``solvers.prox``).
+(``L = ||A||^2 = physics.norm()``), g a prior with an exact prox (``convexnn.solvers.prox``).
 Distance of eq. 2 with ``H = mu I / 2``: ``d(x, x_A) = mu/2 ||x - x_A||^2``. Stage l:
 
 1. network:      ``x_A = A(x^{l-1})`` (any denoiser ``denoiser(x, sigma)``, or None = identity)
@@ -211,7 +211,7 @@ def _norm(t: Tensor) -> float:
 
 class _Problem:
     """Phi = f + g for one solve: input checks, L and gamma, the history records (through the
-    bookkeeping of `solvers.pnp`, so every solver's History means the same)."""
+    bookkeeping of `convexnn.solvers.pnp`, so every solver's History means the same)."""
 
     def __init__(self, name: str, y, physics, prox, config: PODMConfig | None, x_ref) -> None:
         cfg = PODMConfig() if config is None else config
@@ -219,8 +219,8 @@ class _Problem:
             raise TypeError(f"{name}: config: expected PODMConfig, got {type(cfg).__name__}")
         cfg.validate()
         if not isinstance(prox, Prox):
-            raise TypeError(f"{name}: prox: expected a solvers.prox.Prox (L1, Lp, Box, ...), "
-                            f"got {type(prox).__name__}")
+            raise TypeError(f"{name}: prox: expected a convexnn.solvers.prox.Prox (L1, Lp, Box, "
+                            f"...), got {type(prox).__name__}")
         if x_ref is not None and not isinstance(x_ref, Tensor):
             raise TypeError(f"{name}: x_ref: expected a torch.Tensor or None, got "
                             f"{type(x_ref).__name__}")

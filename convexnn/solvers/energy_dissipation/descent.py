@@ -158,7 +158,7 @@ def energy_dissipating_descent(energy: Energy, u0: Tensor, direction: Direction 
     backtracking counts."""
     cfg = config or DescentConfig()
     if not isinstance(energy, Energy):
-        raise TypeError(f"energy: expected a solvers.energies.Energy, got "
+        raise TypeError(f"energy: expected a convexnn.solvers.energies.Energy, got "
                         f"{type(energy).__name__}")
     if not energy.differentiable:
         raise EnergyError(f"{type(energy).__name__} is not differentiable; Algorithm 1 needs a "
