@@ -10,6 +10,7 @@ large-scale path (pricing, Gram, cone rows), so all of it sees one set of patter
     predict(g, a)          sum_i D_i X a_i (eq. 4's prediction, this shard's pixels)
     smallest(g, v, r, t)   per candidate the r smallest cone-row values (global), with the
                            signed unit rows themselves, so a caller never needs pixel indices
+    max_violation(g, u)    the largest cone-row violation of groups u, relative to their norm
     extend_gram(k, g, p0)  the Gram K = A^T A of eq. 4 for generators g, given its first p0
                            patterns' block (only the new blocks are computed, streamed)
 """
@@ -99,6 +100,19 @@ class PatternRows:
             rows = rows.gather(1, order[:, :, None].expand(-1, -1, self.d))
             cnt = self.sum(cnt)
         return val, rows, ids, cnt
+
+    def max_violation(self, g: torch.Tensor, u: torch.Tensor) -> float:
+        """Largest violation of the cone rows `(2 D_i - I) X u >= 0` of eq. 4 by the groups u
+        (2P, d) = [v; w] of generators g (P, d), over every pixel, relative to the largest group
+        norm (the rows have unit norm). One fused pass (`kernels.smallest`)."""
+        norms = u.norm(dim=1)
+        top = float(norms.max()) if u.numel() else 0.0
+        if top == 0:
+            return 0.0
+        live = norms > 0                                   # a zero group violates nothing
+        thr = torch.zeros(int(live.sum()), dtype=self.dtype, device=self.device)
+        val, _, _, _ = self.smallest(torch.cat([g, g])[live], u[live], 1, thr)
+        return max(0.0, -float(val[:, 0].min())) / top
 
     def extend_gram(self, k_old: torch.Tensor | None, g: torch.Tensor, p0: int
                     ) -> torch.Tensor:

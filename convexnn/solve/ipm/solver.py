@@ -30,7 +30,7 @@ from convexnn.solve.base import internal_scales, refuse_or_warn, run_with_thread
 from convexnn.solve.ipm.config import IpmConfig
 from convexnn.solve.ipm.loop import IpmData
 from convexnn.solve.ipm.pricing import PricingSetup, newton_bytes, solve_with_pricing
-from convexnn.solve.ipm.working_set import max_violation, solve_on_rows
+from convexnn.solve.ipm.working_set import solve_on_rows
 from convexnn.solve.pattern_rows import PatternRows
 from convexnn.train.distributed import all_reduce_sum, setup_distributed
 
@@ -132,7 +132,7 @@ def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
     back = s.sy / s.sx
     shape = tuple(problem.generators.shape)
     details.update({
-        "relative_violation_internal": max_violation(s.rows, s.g, u),
+        "relative_violation_internal": s.rows.max_violation(s.g, u),
         "newton_dim": (details.get("working_patterns", p)) * d, "device": str(device),
         "x_scale": s.sx, "y_scale": s.sy, "n_pixels": s.rows.n_global, "n_patterns": p,
         "memory_limit_bytes": limit, "peak_newton_bytes": newton_bytes(

@@ -22,7 +22,7 @@ from convexnn.solve.ipm.loop import IpmData, IpmRun, run_interior_point
 from convexnn.solve.ipm.rows import DenseConeRows, GatheredConeRows
 from convexnn.solve.pattern_rows import PatternRows
 
-__all__ = ["RowRounds", "solve_on_rows", "max_violation"]
+__all__ = ["RowRounds", "solve_on_rows"]
 
 MAX_ROUNDS = 8        # working-set rounds before every row (when every row fits)
 HARD_ROUNDS = 40      # rounds at all when every row does not fit
@@ -119,16 +119,3 @@ def solve_on_rows(data: IpmData, rows: PatternRows, g: torch.Tensor, cfg: IpmCon
                 forced[i][int(vids[q, j])] = vrows[q, j]
         m = max(m, k + max(len(f) for f in forced))
     return run, RowRounds(active.m, rounds, iterations, reg, seconds, False)
-
-
-def max_violation(rows: PatternRows, g: torch.Tensor, u: torch.Tensor) -> float:
-    """Largest violation of the cone rows by the groups u (2P, d) of generators g (P, d),
-    relative to the largest group norm (the rows have unit norm)."""
-    norms = u.norm(dim=1)
-    top = float(norms.max()) if u.numel() else 0.0
-    if top == 0:
-        return 0.0
-    live = norms > 0                                   # a zero group violates nothing
-    thr = torch.zeros(int(live.sum()), dtype=rows.dtype, device=rows.device)
-    val, _, _, _ = rows.smallest(torch.cat([g, g])[live], u[live], 1, thr)
-    return max(0.0, -float(val[:, 0].min())) / top
