@@ -60,7 +60,8 @@ class IpmConfig:
     the dual residual. `centrality_correctors`: Gondzio correctors per iteration (each one
     more solve with the same factorisation; 2 MNIST digits x 60 patterns: 56 iterations with
     none, 33 with 3). `block_elements`: largest temporary of the every-row mode. `verbose`:
-    a line per interior-point iteration; `progress`: a line per pricing round.
+    a line per interior-point iteration; `progress`: a line per pricing round (without
+    pricing: a line per interior-point iteration, objective and relative gap).
     """
 
     tol: float = 1e-8

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -119,7 +120,8 @@ def _solve(problem: DualProblem, cfg: IpmConfig) -> DualSolution:
         data = IpmData(kg=kg, aty=aty.reshape(-1), yy=s.yy, beta=s.beta, p=p, d=d, jd=jd,
                        qnorm=max(1.0, float(aty.abs().max()), s.beta), obj_scale=s.sy ** 2)
         dense_fits = 12 * 8.0 * 2 * p * problem.n_pixels + newton_bytes(p, d) <= limit
-        run, rr = solve_on_rows(data, s.rows, s.g, cfg, s.t_start, history, 0, dense_fits)
+        shown = replace(cfg, verbose=True) if cfg.progress and s.rows.info.is_main else cfg
+        run, rr = solve_on_rows(data, s.rows, s.g, shown, s.t_start, history, 0, dense_fits)
         u, status, it, pobj = run.point.u, run.status, rr.iterations, run.pobj
         details = {"pricing": False, "relative_gap": run.rel_gap, "gap": run.gap * s.sy ** 2,
                    "lower_bound": (run.pobj - run.gap) * s.sy ** 2, "r_primal": run.pres,
