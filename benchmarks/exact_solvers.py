@@ -179,7 +179,8 @@ def paper_scale(args, say) -> dict:
 
     def cell(group, name, fn, needs=None):   # a cell of an earlier run is kept (--resume)
         kept = old.get(group, {}).get(name, {})
-        if str(kept.get("status", "failed")).startswith(("optimal", "finished", "max_", "stop")) \
+        if str(kept.get("status", "failed")).startswith(("optimal", "finished", "max_", "stop",
+                                                         "time_limit")) \
                 and (needs is None or needs.exists()):
             return old[group][name]
         return fn()

@@ -131,3 +131,23 @@ def test_memory_limit_bounds_the_working_set(digit_pair):
     assert m.solve_info_.status == "memory_limit"
     assert d["working_patterns"] <= d["max_working_patterns"]
     assert 0 < d["certified_gap"] < 1 and d["lower_bound"] < m.objective_
+
+
+def test_warm_start_from_adam_caps_the_first_working_set(all_patterns):
+    """A warm start from an inexact point (every group nonzero, as after solver="adam") starts
+    the working set with at most 2 pricing batches of its largest groups and ends at the same
+    optimum as a cold start; with a larger batch it takes every pattern above 1e-3 of the
+    largest group."""
+    noisy, clean, ref = all_patterns
+    g = ref.generators_
+    gen = torch.Generator().manual_seed(0)
+    v = ref.v_ + torch.randn(ref.v_.shape, generator=gen, dtype=ref.v_.dtype)  # every group > 0
+    w = ref.w_ + torch.randn(ref.w_.shape, generator=gen, dtype=ref.w_.dtype)
+    for batch, first in ((3, 6), (50, 40)):
+        m = ConvexDualDenoiser(beta=2.0, generators=g).fit(
+            noisy, clean, solver="ipm", pricing=True, pricing_batch=batch, pricing_coarse=1,
+            warm_start=(v, w))
+        d = m.solve_info_.details
+        assert d["pricing_rounds"][0]["working_patterns"] == first
+        assert m.solve_info_.status == "optimal"
+        assert abs(m.objective_ - ref.objective_) <= 1e-7 * abs(ref.objective_)

@@ -39,7 +39,8 @@ class IpmConfig:
     (`pricing_coarse=1`: off); only the last level, on every pixel, is solved to the certified
     optimum. `checkpoint_path`: the working set is saved atomically after every round and a run
     resumes from it (`resume=True`); `warm_start`: a fitted model or `(v, w)` on the same
-    generators whose largest groups start the working set (e.g. from `solver="adam"`).
+    generators whose largest groups (at most 2 `pricing_batch`) start the working set of the
+    first level (e.g. from `solver="adam"`).
 
     Memory: `memory_limit` bytes (None: 80% of the memory available now, GPU memory on a
     GPU). A problem whose Newton system (or, for pricing, whose smallest useful working set)
