@@ -26,6 +26,7 @@ from convexnn.solvers import deepinv_adapter as ad
 from convexnn.solvers.dncnn import DnCNN
 from convexnn.solvers.operators import Blur
 from convexnn.solvers.pnp import PnPConfig, pnp_pgd
+from experiments.common import use_reference_data
 
 
 def _kernel(use_levin: bool) -> np.ndarray:
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="torch intra-op threads (1: least noise on a shared machine)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    use_reference_data()              # ../shared/datasets unless the variable is set
     torch.set_num_threads(args.threads)
     if args.quick:
         args.size, args.iters, args.repeats = 64, 10, 2

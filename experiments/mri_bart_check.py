@@ -31,6 +31,7 @@ import torch
 from convexnn.data.restoration import load_bart_kspace  # noqa: E402
 from convexnn.solvers.operators import MRI, calibration_size, estimate_coil_maps, ifft2c  # noqa: E402
 from convexnn.solvers.pnp import data_prox  # noqa: E402
+from experiments.common import use_reference_data
 from experiments.mnist_setup import RESULTS, write_json  # noqa: E402
 
 SUPPORT = 0.1          # reference support: magnitude above this fraction of its maximum
@@ -127,6 +128,7 @@ def main(argv=None) -> dict:
                     "$CONVEXNN_SHARED_DATASETS or ../shared/datasets)")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
+    use_reference_data()              # ../shared/datasets unless the variable is set
     res = run(a.data)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,7 @@ from convexnn.solvers.history import psnr, ssim  # noqa: E402
 from convexnn.solvers.operators import MRI, poisson_disc_mask  # noqa: E402
 from convexnn.train.polish import PolishConfig, polish_primal  # noqa: E402
 from convexnn.train.primal import PrimalTrainConfig, train_primal  # noqa: E402
+from experiments.common import use_reference_data
 from experiments.mnist_setup import RESULTS, plot_curves, write_json  # noqa: E402
 
 TRAIN_SLICES, TEST_SLICES = list(range(8)), [8, 9]
@@ -364,6 +365,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     a = ap.parse_args(argv)
+    use_reference_data()              # ../shared/datasets unless the variable is set
     if a.quick:
         a.accel, a.size, a.filters, a.patterns = [4.0], 32, 32, 200
         a.epochs_primal = a.epochs_dual = 4

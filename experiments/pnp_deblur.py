@@ -42,6 +42,7 @@ from convexnn.solvers.history import psnr, ssim
 from convexnn.solvers.lipschitz import jacobian_spectral_norm
 from convexnn.solvers.operators import Blur
 from convexnn.solvers.pnp import PnPConfig, pnp_pgd
+from experiments.common import use_reference_data
 
 
 class Float64Primal(torch.nn.Module):
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    use_reference_data()              # ../shared/datasets unless the variable is set
     if args.quick:
         args.datasets, args.kernels, args.noise = ["set3c"], [0], [0.01]
         args.crop, args.max_images, args.iters = 48, 1, 15
