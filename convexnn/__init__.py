@@ -30,6 +30,7 @@ from convexnn.interpret import (
     path_sparsity,
 )
 from convexnn.io import load_model, save_model
+from convexnn.model.denoiser import Denoiser
 from convexnn.model.losses import Loss
 from convexnn.model.patches import patch_matrix
 from convexnn.model.patterns import (
@@ -50,6 +51,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvexDualDenoiser",
+    "Denoiser",
     "TwoLayerConvDenoiser",
     "IpmConfig",
     "CvxpyConfig",

@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.denoiser import Denoiser
 from convexnn.model.validation import as_images, as_targets
 
 __all__ = ["FirmlyNonexpansiveDenoiser", "fit_firmly_nonexpansive"]
 
 
-class FirmlyNonexpansiveDenoiser(nn.Module):
+class FirmlyNonexpansiveDenoiser(Denoiser):
     """`J(x) = (x + Q(x)) / 2` with the certified primal network Q; `denoiser(x, sigma=None)`."""
 
     def __init__(self, q_model: ConvexDualDenoiser) -> None:
@@ -33,18 +33,12 @@ class FirmlyNonexpansiveDenoiser(nn.Module):
 
     @property
     def lipschitz_certificate(self) -> float:
-        """Certified upper bound of Lip(Q); J is firmly nonexpansive when it is <= 1."""
+        """Certified upper bound of Lip(Q) = Lip(2 J - I); J is firmly nonexpansive when it is
+        <= 1 (`firmly_nonexpansive`, read by the convergence checks of convexnn.solvers.pnp)."""
         return float(self.q_model.lipschitz_certificate_)
 
-    @property
-    def firmly_nonexpansive(self) -> bool:
-        """True when the certificate proves it (read by the convergence checks of
-        convexnn.solvers.pnp)."""
-        return self.lipschitz_certificate <= 1.0
-
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
-        q = self.q.to(device=x.device, dtype=x.dtype)
-        return 0.5 * (x + q(x))
+        return 0.5 * (x + self.q(x))   # Q computes in its weights' dtype, returns x's
 
 
 def fit_firmly_nonexpansive(noisy, clean, n_patterns: int = 64, beta: float = 1e-3,

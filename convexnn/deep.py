@@ -35,6 +35,7 @@ from torch import nn
 
 from convexnn.dual import ConvexDualDenoiser
 from convexnn.io import atomic_save_safetensors
+from convexnn.model.denoiser import Denoiser
 from convexnn.model.losses import Loss
 from convexnn.model.primal import TwoLayerConvDenoiser
 from convexnn.model.problem import SolveInfo
@@ -92,7 +93,7 @@ class GreedyStackConfig:
         return d
 
 
-class GreedyConvexStack(nn.Module):
+class GreedyConvexStack(Denoiser):
     """Greedy layer-wise convex training (Sec. 4.3): a stack of convex-dual two-layer blocks.
 
     Fitted attributes: `blocks_` (list of `ConvexDualDenoiser`), `history_` (per block: its dual
@@ -201,7 +202,7 @@ class GreedyConvexStack(nn.Module):
         return UnrolledDenoiser.from_blocks([b.to_primal() for b in self._first(None)])
 
 
-class UnrolledDenoiser(nn.Module):
+class UnrolledDenoiser(Denoiser):
     """`x_t = f_t(x_{t-1})`, `f_t` two-layer conv ReLU blocks (Fig. 5b: 2 iterations, 4 layers).
 
     Iterations 2..T take the one-channel estimate; `residual`: they add their input back;
@@ -304,11 +305,9 @@ def train_unrolled(model: UnrolledDenoiser, noisy, clean,
             out.update(evaluate_objective(model, a, b, beta, loss, info, prefix))
         return out
 
-    own = ("monitor", "stop_key", "desc", "item_name")
-    shared = [f.name for f in fields(LoopSpec) if f.name not in own]
-    spec = LoopSpec(**{**{name: getattr(cfg, name) for name in shared}, "lr": lr},
-                    monitor="train_objective_mean", stop_key="train_objective",
-                    desc=f"unrolled adam T={len(model.blocks)}")
+    spec = LoopSpec.from_config(cfg, lr, monitor="train_objective_mean",
+                                stop_key="train_objective",
+                                desc=f"unrolled adam T={len(model.blocks)}")
     fp = fingerprint("unrolled-adam", {**cfg.settings(), "n_blocks": len(model.blocks),
                                        "filters": [b.n_filters for b in model.blocks]},
                      {"noisy": x, "clean": y})

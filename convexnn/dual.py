@@ -15,8 +15,8 @@ from dataclasses import fields
 from typing import Any
 
 import torch
-from torch import nn
 
+from convexnn.model.denoiser import Denoiser
 from convexnn.model.gated import HingeViolation, gated_predict, hinge_violation
 from convexnn.model.lipschitz import dual_lipschitz_bound
 from convexnn.model.losses import LOSSES, Loss
@@ -32,7 +32,6 @@ from convexnn.model.validation import (
     as_images,
     as_targets,
     check_choice,
-    check_finite_input,
     check_in_range,
     check_int,
     check_kernel_size,
@@ -63,7 +62,7 @@ def _make_config(config_cls, config, options: dict[str, Any], solver: str = "thi
     return config
 
 
-class ConvexDualDenoiser(nn.Module):
+class ConvexDualDenoiser(Denoiser):
     """Convex dual of `TwoLayerConvDenoiser` (eq. 4), solved over sampled sign patterns.
 
     Parameters
@@ -278,15 +277,7 @@ class ConvexDualDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         """Gated dual network on `(B, C, H, W)` in x's dtype/device (differentiable in x)."""
         self._check_fitted()
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.n_channels_ \
-                or x.numel() == 0:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"expected a non-empty input (B, {self.n_channels_}, H, W), got "
-                             f"{got}")
-        if not x.is_floating_point():
-            raise TypeError(f"expected a floating-point input (B, {self.n_channels_}, H, W), "
-                            f"got dtype {x.dtype}")
-        check_finite_input(x)
+        self.check_input(x, self.n_channels_)
         f = self.v_ - self.w_
         live = f.flatten(1).abs().amax(1) > 0          # patterns whose filter is zero add 0
         out = gated_predict(x, self.generators_[live], f[live])

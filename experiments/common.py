@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["RESULTS", "use_reference_data", "write_json"]
+__all__ = ["RESULTS", "use_reference_data", "write_json", "timed_log"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -21,3 +23,13 @@ def use_reference_data() -> None:
 def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+
+
+def timed_log(quiet: bool, t_start: float | None = None) -> Callable[[str], None]:
+    """`log(msg)`: one progress line `[seconds since t_start] msg` on stdout, unless quiet."""
+    t0 = time.perf_counter() if t_start is None else t_start
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
+    return log

@@ -45,7 +45,7 @@ from convexnn.solvers.deq_train import DEQTrainConfig, deq_network_from_convex, 
 from convexnn.solvers.history import psnr, ssim
 from convexnn.solvers.operators import Blur
 from convexnn.solvers.pnp import PnPConfig, pnp_pgd
-from experiments.common import use_reference_data
+from experiments.common import timed_log, use_reference_data
 
 DATA_NOTE = ("CelebA (used in the slides) is not available: training on random crops of "
              "BSD68 images 1-60 (grayscale), testing on held-out BSD68 images 61-68 and Set12 "
@@ -171,9 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     use_reference_data()
     t_start = time.perf_counter()
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+    log = timed_log(args.quiet, t_start)
 
     # ---------------------------------------------------------------- data and physics
     bsd = load_test_images("bsd68", grayscale=True)

@@ -205,7 +205,12 @@ def zero_gap(a, sigmas, kind="gaussian", filters=None, name="zero_gap") -> dict:
 def ablation(a) -> dict:
     out = Path(a.out)
     counts = [125, 250, 500, 1000, 2000, 4000, 8000] if not a.quick else [25, 50, 100]
+    path = out / ("mnist_exact_ablation" + ("_quick" if a.quick else "") + ".json")
     payload = {"experiment": "mnist_exact_ablation", "patterns": counts, "sigma": {}}
+    if path.is_file():              # keep the other sigmas of an earlier run; written per sigma
+        earlier = json.loads(path.read_text())
+        if earlier.get("patterns") == counts:
+            payload["sigma"].update(earlier.get("sigma", {}))
     for sigma in a.sigma or [0.1, 0.5]:
         x, y, xe, ye = load_data(a.n_train, a.n_test, sigma)
         beta = BETA_MEAN * x.shape[0] * x.shape[2] * x.shape[3]
@@ -230,10 +235,8 @@ def ablation(a) -> dict:
         payload["sigma"][f"{sigma:g}"] = {
             "primal_objective_mean": p_obj / npix, "rows": rows,
             "crossing_P": below[0] if below else None}
-    write_json(out / ("mnist_exact_ablation" + ("_quick" if a.quick else "") + ".json"),
-               payload)
-    _plot_ablation(out / ("mnist_exact_ablation" + ("_quick" if a.quick else "") + ".png"),
-                   payload, a.filters)
+        write_json(path, payload)
+        _plot_ablation(path.with_suffix(".png"), payload, a.filters)
     return payload
 
 

@@ -42,7 +42,7 @@ from convexnn.solvers.history import psnr, ssim
 from convexnn.solvers.lipschitz import jacobian_spectral_norm
 from convexnn.solvers.operators import Blur
 from convexnn.solvers.pnp import PnPConfig, pnp_pgd
-from experiments.common import use_reference_data
+from experiments.common import timed_log, use_reference_data
 
 
 class Float64Primal(torch.nn.Module):
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     t_start = time.perf_counter()
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+    log = timed_log(args.quiet, t_start)
 
     den, train_info = train_denoisers(args, log)
     kernels = load_levin_kernels()

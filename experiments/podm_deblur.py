@@ -35,7 +35,7 @@ from convexnn.solvers.operators import Blur
 from convexnn.solvers.pnp import PnPConfig, pnp_pgd
 from convexnn.solvers.podm import PODMConfig, podm
 from convexnn.solvers.prox import SparseBox
-from experiments.common import use_reference_data
+from experiments.common import timed_log, use_reference_data
 
 METHODS = ("RPODM", "PODM (checked)", "PnP-PGD", "TV")
 
@@ -150,9 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+    log = timed_log(args.quiet, t_start)
 
     out_dir = Path(args.out)
     net, net_info = load_or_train_denoiser(out_dir / "podm_dncnn.pt", args.sigma_train,

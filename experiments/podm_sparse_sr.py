@@ -37,7 +37,7 @@ from convexnn.solvers.history import psnr, ssim
 from convexnn.solvers.operators import Downsample
 from convexnn.solvers.podm import PODMConfig, fista, podm, proximal_gradient
 from convexnn.solvers.prox import HaarWavelet, InBasis, Lp
-from experiments.common import use_reference_data
+from experiments.common import timed_log, use_reference_data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("PODM", "PODM-descent", "FISTA", "PG", "IRCNN-style")
@@ -235,9 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     t_start = time.perf_counter()
 
-    def log(msg: str) -> None:
-        if not args.quiet:
-            print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", flush=True)
+    log = timed_log(args.quiet, t_start)
 
     out_dir = Path(args.out)
     net, net_info = load_or_train_denoiser(out_dir / "podm_dncnn.pt", args.sigma_train,

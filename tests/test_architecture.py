@@ -140,3 +140,15 @@ def test_no_import_circles():
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_modules_stay_small(path):
     assert len(path.read_text().splitlines()) <= 450, "split this module (one module, one idea)"
+
+
+def _long_functions(path: Path, limit: int) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{n.name} ({n.end_lineno - n.lineno + 1} lines, line {n.lineno})"
+            for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and n.end_lineno - n.lineno + 1 > limit]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_functions_stay_short(path):
+    assert not _long_functions(path, 80), "split these functions (one function, one step)"

@@ -54,10 +54,13 @@ def test_check_denoiser_errors():
         check_denoiser(lambda z, sigma=None: z, torch.rand(8, 8))
     with pytest.raises(TypeError, match="callable"):
         check_denoiser(42, x)
+    # the Denoiser policy: a float32 model computes in float32 and answers in the input's dtype
     primal32 = TwoLayerConvDenoiser(1, 4)
-    with pytest.raises(TypeError, match="failed on an input of shape .* torch.float64"):
-        check_denoiser(primal32, x.double())
-    with pytest.raises(ValueError, match=r"expected input \(B, 1, H, W\)"):
+    out = check_denoiser(primal32, x.double())
+    assert out.dtype == torch.float64
+    assert torch.equal(out, primal32(x).double())
+    with pytest.raises(ValueError, match=r"failed on an input .* expected a non-empty input "
+                                         r"\(B, 1, H, W\), got shape \(1, 3, 8, 8\)"):
         check_denoiser(DnCNN(depth=2, channels=2), torch.rand(1, 3, 8, 8))
 
 

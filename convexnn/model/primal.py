@@ -7,11 +7,11 @@ import math
 import torch
 from torch import nn
 
+from convexnn.model.denoiser import Denoiser
 from convexnn.model.losses import Loss, check_reduction
 from convexnn.model.validation import (
     as_images,
     as_targets,
-    check_finite_input,
     check_int,
     check_kernel_size,
     check_positive,
@@ -20,7 +20,7 @@ from convexnn.model.validation import (
 __all__ = ["TwoLayerConvDenoiser"]
 
 
-class TwoLayerConvDenoiser(nn.Module):
+class TwoLayerConvDenoiser(Denoiser):
     """`f(x) = sum_j (x * u_j)_+ alpha_j` (+ x if residual), eq. 1; Corollary 1.1 for residual.
 
     First layer: conv `C -> m`, k x k, stride 1, 'same' zero padding, no bias; ReLU; second
@@ -63,21 +63,13 @@ class TwoLayerConvDenoiser(nn.Module):
         return net
 
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
-        w = self.conv1.weight
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels \
-                or x.numel() == 0:
-            got = (f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
-                   else type(x).__name__)
-            raise ValueError(f"expected a non-empty input (B, {self.in_channels}, H, W), got "
-                             f"{got}")
-        if x.dtype != w.dtype:
-            raise TypeError(f"expected input of the weights' dtype {w.dtype}, got {x.dtype} "
-                            f"(convert one of them with .to(dtype))")
-        check_finite_input(x)
-        out = self.conv2(torch.relu(self.conv1(x)))
+        """eq. 1 on `(B, C, H, W)`, computed in the weights' dtype/device, returned in x's."""
+        self.check_input(x, self.in_channels)
+        xc = self.compute_as(x, self.conv1.weight)
+        out = self.conv2(torch.relu(self.conv1(xc)))
         if self.residual:
-            out = out + x
-        return out
+            out = out + xc
+        return self.return_as(out, x)
 
     def dual_point(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This network as a point of eq. 4: `(generators, v, w)`, each `(m, C, k, k)` float64.

@@ -14,9 +14,8 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import nn
 
-from .denoisers import call_denoiser
+from .denoisers import Denoiser, call_denoiser
 
 __all__ = ["to_deepinv_denoiser", "from_deepinv_denoiser", "to_deepinv_physics",
            "from_deepinv_physics", "DeepinvDenoiser", "require_deepinv"]
@@ -58,7 +57,7 @@ def _denoiser_class():
     return ToDeepinvDenoiser
 
 
-class DeepinvDenoiser(nn.Module):
+class DeepinvDenoiser(Denoiser):
     """A deepinv denoiser in our protocol: `forward(x, sigma=None)` calls `model(x, sigma)`,
     with `sigma = default_sigma` when None is passed (deepinv models that need a noise level
     raise otherwise)."""

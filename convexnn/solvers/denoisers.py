@@ -1,9 +1,12 @@
 """The denoiser protocol and small wrappers around it.
 
-A denoiser is a torch `nn.Module` (or any callable) called `denoiser(x, sigma=None)` on
-`(B, C, H, W)` that returns a tensor of the same shape: the convention deepinv uses, so
-denoisers pass between the two libraries (`convexnn.solvers.deepinv_adapter`). `ConvexDualDenoiser`
-(gated dual network, eq. 4) and `TwoLayerConvDenoiser` (primal, eq. 1) satisfy it as they are.
+A denoiser is a `Denoiser` (`convexnn.model.denoiser`: a torch module called
+`denoiser(x, sigma=None)` on `(B, C, H, W)`, returning the input's shape, dtype and device, with
+declared guarantees `lipschitz_certificate` / `firmly_nonexpansive`), or any plain callable
+`f(x)` / `f(x, sigma)`: the convention deepinv uses, so denoisers pass between the two
+libraries (`convexnn.solvers.deepinv_adapter`). Every denoiser of the package subclasses
+`Denoiser`: `ConvexDualDenoiser` (gated dual network, eq. 4), `TwoLayerConvDenoiser` (primal,
+eq. 1), `FirmlyNonexpansiveDenoiser`, the deep stacks, DnCNN and the wrappers below.
 
 Wrappers:
 - `Rescaled(d, scale, shift)`: run `d` on `scale * x + shift` and map back (a denoiser trained on
@@ -22,15 +25,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from convexnn.model.denoiser import Denoiser
+
 __all__ = ["Denoiser", "check_denoiser", "call_denoiser", "Rescaled", "Averaged", "Residual",
            "TVDenoiser"]
 
-Denoiser = Callable[..., torch.Tensor]   # denoiser(x, sigma=None) -> same shape as x
 
 def _accepts_sigma(fn) -> bool:
     target = type(fn).forward if isinstance(fn, nn.Module) else fn
@@ -57,6 +60,8 @@ def _signature_accepts_sigma(target) -> bool:
 
 def call_denoiser(denoiser, x: torch.Tensor, sigma=None) -> torch.Tensor:
     """`denoiser(x, sigma)`; a callable that takes only `x` is called as `denoiser(x)`."""
+    if isinstance(denoiser, Denoiser):            # the declared convention: no inspection
+        return denoiser(x, sigma)
     if not callable(denoiser):
         raise TypeError(f"denoiser: expected a callable `denoiser(x, sigma=None)`, got "
                         f"{type(denoiser).__name__}")
@@ -93,7 +98,7 @@ def check_denoiser(denoiser, x: torch.Tensor, sigma=None, name: str = "denoiser"
     return out
 
 
-class Rescaled(nn.Module):
+class Rescaled(Denoiser):
     """`x -> (D(a x + b, a sigma) - b) / a`: apply `denoiser` in an affinely rescaled space.
 
     `a = scale`, `b = shift`. A denoiser trained on normalised pixels `(p - mean) / std`
@@ -124,11 +129,16 @@ class Rescaled(nn.Module):
         return (out - self.shift) / self.scale
 
     @property
+    def lipschitz_certificate(self) -> float | None:
+        """The inner denoiser's (the Jacobian, hence `2 J - I`'s, is unchanged)."""
+        return getattr(self.denoiser, "lipschitz_certificate", None)
+
+    @property
     def firmly_nonexpansive(self) -> bool:
         return bool(getattr(self.denoiser, "firmly_nonexpansive", False))
 
 
-class Averaged(nn.Module):
+class Averaged(Denoiser):
     """`J = (1 - alpha) I + alpha Q` (alpha-averaged operator when Q is nonexpansive).
 
     With alpha = 1/2, `J = (I + Q)/2` is firmly nonexpansive iff Q is 1-Lipschitz (Pesquet
@@ -149,11 +159,14 @@ class Averaged(nn.Module):
         return (1.0 - self.alpha) * x + self.alpha * call_denoiser(self.q, x, sigma)
 
     @property
-    def firmly_nonexpansive(self) -> bool:
-        return self.q_is_nonexpansive and self.alpha <= 0.5
+    def lipschitz_certificate(self) -> float | None:
+        """`Lip(2 J - I) <= |1 - 2 alpha| + 2 alpha Lip(Q)`, with `Lip(Q) <= 1` when declared."""
+        if not self.q_is_nonexpansive:
+            return None
+        return abs(1.0 - 2.0 * self.alpha) + 2.0 * self.alpha
 
 
-class Residual(nn.Module):
+class Residual(Denoiser):
     """`J(x) = x - net(x, sigma)`: a denoiser from a noise predictor (DnCNN residual learning)."""
 
     def __init__(self, net) -> None:
@@ -164,10 +177,10 @@ class Residual(nn.Module):
         return x - call_denoiser(self.net, x, sigma)
 
 
-class TVDenoiser(torch.nn.Module):
+class TVDenoiser(Denoiser):
     """prox of `weight * TV` (Chambolle's algorithm in scikit-image): firmly nonexpansive."""
 
-    firmly_nonexpansive = True
+    lipschitz_certificate = 1.0        # a proximal operator: 2 J - I is nonexpansive
 
     def __init__(self, weight: float) -> None:
         super().__init__()
@@ -177,6 +190,7 @@ class TVDenoiser(torch.nn.Module):
         import numpy
         from skimage.restoration import denoise_tv_chambolle
 
+        self.check_input(x)
         arr = x.detach().cpu().numpy()
         out = numpy.stack([[denoise_tv_chambolle(c, weight=self.weight) for c in im] for im in arr])
         return torch.from_numpy(out).to(x)

@@ -36,10 +36,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .denoisers import call_denoiser
+from .fidelity import L2
+from .history import History
 from .lipschitz import LipschitzEstimate, jacobian_spectral_norm
 from .pnp import ConvergenceError
 
-__all__ = ["DEQ", "DEQConfig", "FixedPointStats", "NonContractiveError", "fixed_point",
+__all__ = ["DEQ", "DEQConfig", "FixedPointStats", "NonContractiveError", "fixed_point", "deq_solve",
            "DEQ_FORMS", "DEQ_BACKWARDS"]
 
 DEQ_FORMS = ("gradient", "prox")
@@ -289,7 +291,7 @@ class DEQ(nn.Module):
     def T(self, x: Tensor, d: Tensor) -> Tensor:  # noqa: N802 - the paper's name
         """One application of the implicit layer ``T_theta(x; d)``."""
         step = self.step_size(x)
-        grad = self.physics.A_adjoint(self.physics.A(x) - d)   # grad of 1/2 ||A x - d||^2
+        grad = L2.grad(x, d, self.physics)   # grad of 1/2 ||A x - d||^2
         if self.config.form == "gradient":
             s = self._net(x)
             return x - step * grad - s   # T = x - r grad f - S_theta(x) (slide "Implicit DL")
@@ -352,6 +354,28 @@ class DEQ(nn.Module):
         self.last_forward_stats_ = stats
         return x
 
+    def solve(self, d: Tensor, x0: Tensor | None = None, x_ref: Tensor | None = None
+              ) -> tuple[Tensor, History]:
+        """Reconstruct without a graph: ``(x*, History)``, the record every iterative solver of
+        ``convexnn.solvers`` returns (per iteration: the relative fixed-point residual
+        ``||T x - x|| / ||T x||`` and, with ``x_ref``, PSNR/SSIM of the iterate)."""
+        iterates: list[Tensor] = []
+        x_init = self.initial(d, x0)
+        with torch.no_grad(), eval_mode(self.network):
+            def step(z: Tensor) -> Tensor:
+                out = self.T(z, d.detach())
+                if x_ref is not None:
+                    iterates.append(out)
+                return out
+            x, stats = self._solve(step, x_init, "forward", self.config.tol, self.config.max_iter)
+        self.last_forward_stats_ = stats
+        hist = History("deq", config=asdict(self.config))
+        for k, res in enumerate(stats.residuals):
+            hist.record(res, residual=res, x=iterates[k] if iterates else None, reference=x_ref)
+        hist.flags.update(iterations=stats.iterations, seconds=stats.seconds,
+                          contraction_ratio=stats.contraction_ratio)
+        return x, hist.finish(stats.converged, stats.stop_reason)
+
     def forward(self, d: Tensor, x0: Tensor | None = None) -> Tensor:
         x_star = self.fixed_point(d, x0)
         params = any(p.requires_grad for p in self.parameters())
@@ -387,3 +411,11 @@ class DEQ(nn.Module):
         with eval_mode(self.network):
             return jacobian_spectral_norm(lambda z: self.T(z, d), x.detach(), n_iter=n_iter,
                                           tol=tol, seed=seed)
+
+
+def deq_solve(y: Tensor, physics, network, config: DEQConfig | None = None,
+              x0: Tensor | None = None, x_ref: Tensor | None = None) -> tuple[Tensor, History]:
+    """``(x, History)`` of the deep-equilibrium reconstruction from ``y``: the call shape
+    ``solver(y, physics, prior, config)`` of ``pnp_*``, ``podm`` and
+    ``energy_dissipation_solve``; ``network`` is the prior (``S_theta`` or ``R_theta``)."""
+    return DEQ(physics, network, config).solve(y, x0, x_ref)

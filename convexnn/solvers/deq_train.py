@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 from convexnn.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 
 from .denoisers import call_denoiser
-from .deq import DEQ, DEQ_FORMS, eval_mode
+from .deq import DEQ, DEQ_FORMS, FixedPointStats, eval_mode
 from .history import psnr
 from .lipschitz import jacobian_spectral_norm
 
@@ -246,13 +246,44 @@ def _evaluate(deq: DEQ, d: Tensor, x: Tensor, batch: int, data_range: float) -> 
     return float(sum(vals) / len(vals))
 
 
-def train_deq(deq: DEQ, measurements: Tensor, targets: Tensor,
-              config: DEQTrainConfig | None = None,
-              val: tuple[Tensor, Tensor] | None = None) -> DEQTrainResult:
-    """Train ``deq`` in place on pairs ``(measurements[i], targets[i])``; returns the curves.
+@dataclass
+class _EpochSums:
+    """Sums over one epoch's minibatches (divided by their count when the epoch ends)."""
 
-    ``val = (d_val, x_val)`` adds a validation PSNR per epoch (outside the epoch timing).
-    """
+    loss: float = 0.0
+    psnr: float = 0.0
+    fwd: float = 0.0
+    bwd: float = 0.0
+    it_f: float = 0.0
+    it_b: float = 0.0
+    unconv: float = 0.0
+    unconv_b: float = 0.0
+    pen: float = 0.0
+
+
+@dataclass
+class _TrainRun:
+    """One ``train_deq`` call: model, checked data, optimiser, generator, checkpoint target and
+    the curves so far."""
+
+    deq: DEQ
+    cfg: DEQTrainConfig
+    params: list[nn.Parameter]
+    d_all: Tensor
+    x_all: Tensor
+    val: tuple[Tensor, Tensor] | None
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    fp: str
+    path: Path | None
+    res: DEQTrainResult
+    start: int = 0
+
+
+def _prepare_run(deq: DEQ, measurements: Tensor, targets: Tensor,
+                 config: DEQTrainConfig | None,
+                 val: tuple[Tensor, Tensor] | None) -> _TrainRun:
+    """Check the arguments; build Adam, the seeded generator and the run's fingerprint."""
     cfg = config or DEQTrainConfig()
     if not isinstance(cfg, DEQTrainConfig):
         raise TypeError(f"train_deq: config: expected DEQTrainConfig, got {type(cfg).__name__}")
@@ -273,81 +304,120 @@ def train_deq(deq: DEQ, measurements: Tensor, targets: Tensor,
                       **{f"init.{k}": v for k, v in deq.state_dict().items()
                          if v.is_floating_point()}})
     path = Path(cfg.checkpoint_path) if cfg.checkpoint_path is not None else None
-    start = 0
-    if path is not None and cfg.resume and path.exists():
-        state = load_checkpoint(path, fp)
-        deq.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        res = DEQTrainResult(**state["result"])
-        start = res.resumed_from = int(state["epoch"])
-    n = d_all.shape[0]
-    n_batches = math.ceil(n / cfg.batch_size)
-    bar = None
-    if cfg.progress and start < cfg.epochs:
-        from tqdm import tqdm
-        bar = tqdm(total=(cfg.epochs - start) * n_batches, desc="train_deq", leave=False)
-    t_run = time.perf_counter()
-    for epoch in range(start, cfg.epochs):
-        deq.train()
-        perm = torch.randperm(n, generator=gen)
-        sums = dict(loss=0.0, psnr=0.0, fwd=0.0, bwd=0.0, it_f=0.0, it_b=0.0, unconv=0.0,
-                    unconv_b=0.0, pen=0.0)
-        t_epoch = time.perf_counter()
-        for b0 in range(0, n, cfg.batch_size):
-            idx = perm[b0:b0 + cfg.batch_size]
-            d, x = d_all[idx], x_all[idx]
-            t0 = time.perf_counter()
-            out = deq(d)
-            fstats = deq.last_forward_stats_
-            t1 = time.perf_counter()
-            loss = (out - x).pow(2).mean()
-            total = loss
-            if cfg.lipschitz_penalty > 0:
-                k = min(cfg.penalty_batch, d.shape[0])
-                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-                pen = contraction_penalty(deq, d[:k], out[:k], cfg.contraction_target,
-                                          cfg.penalty_iter, seed)
-                total = total + cfg.lipschitz_penalty * pen
-                sums["pen"] += float(pen.detach())
-            opt.zero_grad(set_to_none=True)
-            deq.last_backward_stats_ = None
-            total.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            t2 = time.perf_counter()
-            sums["loss"] += float(loss.detach())
-            sums["psnr"] += psnr(out.detach().clamp(0, cfg.data_range), x, cfg.data_range)
-            sums["fwd"] += t1 - t0
-            sums["bwd"] += t2 - t1
-            sums["it_f"] += fstats.iterations
-            sums["unconv"] += 0.0 if fstats.converged else 1.0
-            bstats = deq.last_backward_stats_
-            if bstats is not None:
-                sums["it_b"] += bstats.iterations
-                sums["unconv_b"] += 0.0 if bstats.converged else 1.0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3g}",
-                                iters=fstats.iterations)
-        res.epoch_seconds.append(time.perf_counter() - t_epoch)
-        res.forward_seconds.append(sums["fwd"])
-        res.backward_seconds.append(sums["bwd"])
-        for key, lst in (("loss", res.epoch_loss), ("psnr", res.epoch_psnr),
-                         ("it_f", res.forward_iterations), ("it_b", res.backward_iterations),
-                         ("unconv", res.unconverged_fraction),
-                         ("unconv_b", res.backward_unconverged_fraction), ("pen", res.penalty)):
-            lst.append(sums[key] / n_batches)   # means over the epoch's minibatches
-        if val is not None:
-            res.val_psnr.append(_evaluate(deq, val[0], val[1], cfg.batch_size, cfg.data_range))
-        if path is not None:
-            save_checkpoint(path, {"fingerprint": fp, "kind": "convexnn.solvers.deq.train_deq",
+    return _TrainRun(deq, cfg, params, d_all, x_all, val, opt, gen, fp, path, res)
+
+
+def _resume(run: _TrainRun) -> None:
+    """Restore model, optimiser, generator and curves from the checkpoint when one applies."""
+    if run.path is not None and run.cfg.resume and run.path.exists():
+        state = load_checkpoint(run.path, run.fp)
+        run.deq.load_state_dict(state["model"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.gen.set_state(state["generator"])
+        run.res = DEQTrainResult(**state["result"])
+        run.start = run.res.resumed_from = int(state["epoch"])
+
+
+def _train_step(run: _TrainRun, d: Tensor, x: Tensor,
+                sums: _EpochSums) -> tuple[Tensor, FixedPointStats]:
+    """One minibatch: forward solve, loss (plus contraction penalty), backward, Adam step;
+    adds its loss, PSNR, timings and solver statistics to ``sums``."""
+    deq, cfg = run.deq, run.cfg
+    t0 = time.perf_counter()
+    out = deq(d)
+    fstats = deq.last_forward_stats_
+    t1 = time.perf_counter()
+    loss = (out - x).pow(2).mean()
+    total = loss
+    if cfg.lipschitz_penalty > 0:
+        k = min(cfg.penalty_batch, d.shape[0])
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=run.gen))
+        pen = contraction_penalty(deq, d[:k], out[:k], cfg.contraction_target,
+                                  cfg.penalty_iter, seed)
+        total = total + cfg.lipschitz_penalty * pen
+        sums.pen += float(pen.detach())
+    run.opt.zero_grad(set_to_none=True)
+    deq.last_backward_stats_ = None
+    total.backward()
+    if cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip)
+    run.opt.step()
+    t2 = time.perf_counter()
+    sums.loss += float(loss.detach())
+    sums.psnr += psnr(out.detach().clamp(0, cfg.data_range), x, cfg.data_range)
+    sums.fwd += t1 - t0
+    sums.bwd += t2 - t1
+    sums.it_f += fstats.iterations
+    sums.unconv += 0.0 if fstats.converged else 1.0
+    bstats = deq.last_backward_stats_
+    if bstats is not None:
+        sums.it_b += bstats.iterations
+        sums.unconv_b += 0.0 if bstats.converged else 1.0
+    return loss, fstats
+
+
+def _record_epoch(res: DEQTrainResult, sums: _EpochSums, n_batches: int,
+                  seconds: float) -> None:
+    """Append one epoch's time and its means over minibatches to the curves."""
+    res.epoch_seconds.append(seconds)
+    res.forward_seconds.append(sums.fwd)
+    res.backward_seconds.append(sums.bwd)
+    for total, lst in ((sums.loss, res.epoch_loss), (sums.psnr, res.epoch_psnr),
+                       (sums.it_f, res.forward_iterations), (sums.it_b, res.backward_iterations),
+                       (sums.unconv, res.unconverged_fraction),
+                       (sums.unconv_b, res.backward_unconverged_fraction),
+                       (sums.pen, res.penalty)):
+        lst.append(total / n_batches)   # means over the epoch's minibatches
+
+
+def _train_epoch(run: _TrainRun, epoch: int, n_batches: int, bar: Any) -> None:
+    """One pass over a seeded permutation of the data, then the epoch's curves, validation PSNR
+    and checkpoint."""
+    deq, cfg = run.deq, run.cfg
+    n = run.d_all.shape[0]
+    deq.train()
+    perm = torch.randperm(n, generator=run.gen)
+    sums = _EpochSums()
+    t_epoch = time.perf_counter()
+    for b0 in range(0, n, cfg.batch_size):
+        idx = perm[b0:b0 + cfg.batch_size]
+        loss, fstats = _train_step(run, run.d_all[idx], run.x_all[idx], sums)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.3g}",
+                            iters=fstats.iterations)
+    res = run.res
+    _record_epoch(res, sums, n_batches, time.perf_counter() - t_epoch)
+    if run.val is not None:
+        res.val_psnr.append(_evaluate(deq, run.val[0], run.val[1], cfg.batch_size,
+                                      cfg.data_range))
+    if run.path is not None:
+        save_checkpoint(run.path, {"fingerprint": run.fp, "kind": "convexnn.solvers.deq.train_deq",
                                    "epoch": epoch + 1, "model": deq.state_dict(),
-                                   "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                   "result": res.to_dict()})
+                                   "optimizer": run.opt.state_dict(),
+                                   "generator": run.gen.get_state(), "result": res.to_dict()})
+
+
+def train_deq(deq: DEQ, measurements: Tensor, targets: Tensor,
+              config: DEQTrainConfig | None = None,
+              val: tuple[Tensor, Tensor] | None = None) -> DEQTrainResult:
+    """Train ``deq`` in place on pairs ``(measurements[i], targets[i])``; returns the curves.
+
+    ``val = (d_val, x_val)`` adds a validation PSNR per epoch (outside the epoch timing).
+    """
+    run = _prepare_run(deq, measurements, targets, config, val)
+    _resume(run)
+    cfg = run.cfg
+    n_batches = math.ceil(run.d_all.shape[0] / cfg.batch_size)
+    bar = None
+    if cfg.progress and run.start < cfg.epochs:
+        from tqdm import tqdm
+        bar = tqdm(total=(cfg.epochs - run.start) * n_batches, desc="train_deq", leave=False)
+    t_run = time.perf_counter()
+    for epoch in range(run.start, cfg.epochs):
+        _train_epoch(run, epoch, n_batches, bar)
     if bar is not None:
         bar.close()
     deq.eval()
-    res.seconds = time.perf_counter() - t_run
-    return res
+    run.res.seconds = time.perf_counter() - t_run
+    return run.res

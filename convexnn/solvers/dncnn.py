@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .denoisers import Denoiser
 from .lipschitz import conv_norm_upper_bound, firm_nonexpansiveness_penalty
 
 __all__ = ["DnCNN", "DenoiserTrainConfig", "DenoiserTrainResult", "train_denoiser",
            "random_patches"]
 
 
-class DnCNN(nn.Module):
+class DnCNN(Denoiser):
     """`J(x) = x - net(x)` (residual=True) or `net(x)`; called `model(x, sigma=None)`."""
 
     def __init__(self, in_channels: int = 1, depth: int = 6, channels: int = 32,
@@ -55,11 +56,10 @@ class DnCNN(nn.Module):
         self.residual = bool(residual)
 
     def forward(self, x: torch.Tensor, sigma=None) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"DnCNN: expected input (B, {self.in_channels}, H, W), got "
-                             f"{tuple(x.shape)}")
-        n = self.net(x)
-        return x - n if self.residual else n
+        self.check_input(x, self.in_channels)
+        xc = self.compute_as(x, self.net[0].weight)   # the Denoiser dtype/device policy
+        n = self.net(xc)
+        return self.return_as(xc - n if self.residual else n, x)
 
     def lipschitz_upper_bound(self) -> float:
         """Product of per-layer conv bounds (+1 for the residual identity)."""

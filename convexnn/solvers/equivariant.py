@@ -13,9 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from .denoisers import call_denoiser
+from .denoisers import Denoiser, call_denoiser
 from .lipschitz import jacobian_spectral_norm
 
 __all__ = ["EquivariantDenoiser", "D4", "d4_transform", "d4_inverse", "LipschitzReduction",
@@ -43,7 +42,7 @@ def d4_inverse(x: torch.Tensor, g: int) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-class EquivariantDenoiser(nn.Module):
+class EquivariantDenoiser(Denoiser):
     """D4-averaged denoiser: `mode="all"` (8 evaluations per call, exactly equivariant) or
     `mode="random"` (one random group element per call, seeded by `seed`)."""
 
@@ -68,6 +67,11 @@ class EquivariantDenoiser(nn.Module):
             self._gen.seed()
         else:
             self._gen.manual_seed(int(s))
+
+    @property
+    def lipschitz_certificate(self) -> float | None:
+        """The inner denoiser's: `2 J_G - I` averages isometric conjugates of `2 J - I`."""
+        return getattr(self.denoiser, "lipschitz_certificate", None)
 
     def _one(self, x: torch.Tensor, g: int, sigma) -> torch.Tensor:
         return d4_inverse(call_denoiser(self.denoiser, d4_transform(x, g), sigma), g)

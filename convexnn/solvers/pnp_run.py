@@ -14,9 +14,10 @@ from typing import Any
 import torch
 
 from .denoisers import call_denoiser, check_denoiser
+from .fidelity import L2, data_prox
 from .history import History
 
-__all__ = ["PnPConfig", "ConvergenceError", "SolverRun", "data_prox", "power_norm", "norm"]
+__all__ = ["PnPConfig", "ConvergenceError", "SolverRun", "data_prox", "norm"]
 
 
 class ConvergenceError(ValueError):
@@ -136,34 +137,6 @@ def norm(t: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(t.detach()))
 
 
-def _inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a.conj() * b).real.sum() if a.is_complex() else (a * b).sum()
-
-
-def data_prox(physics, v: torch.Tensor, y: torch.Tensor, gamma: float, n_iter: int = 100,
-              tol: float = 1e-10, aty: torch.Tensor | None = None) -> torch.Tensor:
-    """`prox_{gamma f}(v) = argmin_u gamma/2 ||A u - y||^2 + 1/2 ||u - v||^2`: conjugate
-    gradient on `(I + gamma A^T A) u = v + gamma A^T y`, started at v; stops at relative
-    residual `tol`."""
-    b = v + gamma * (physics.A_adjoint(y) if aty is None else aty)
-    u = v.clone()
-    r = b - (u + gamma * physics.A_adjoint(physics.A(u)))
-    p = r.clone()
-    rs = _inner(r, r)
-    bnorm = max(float(_inner(b, b)) ** 0.5, 1e-300)
-    for _ in range(n_iter):
-        if float(rs) ** 0.5 <= tol * bnorm:
-            break
-        ap = p + gamma * physics.A_adjoint(physics.A(p))
-        alpha = rs / _inner(p, ap)
-        u = u + alpha * p
-        r = r - alpha * ap
-        rs_new = _inner(r, r)
-        p = r + (rs_new / rs) * p
-        rs = rs_new
-    return u
-
-
 class SolverRun:
     """Shared set-up, input checks, bookkeeping and stopping of one PnP solve."""
 
@@ -239,15 +212,7 @@ class SolverRun:
         if "L" not in self.hist.flags and self.cfg.lipschitz is not None:
             self.hist.flags["L"] = float(self.cfg.lipschitz)
         if "L" not in self.hist.flags:
-            norm = getattr(self.physics, "norm", None)
-            if callable(norm):
-                try:
-                    L = float(norm(self.x0))
-                except TypeError:
-                    L = float(norm())
-            else:
-                L = power_norm(self.physics, self.x0)
-            self.hist.flags["L"] = L
+            self.hist.flags["L"] = L2.lipschitz(self.physics, self.x0)
         return self.hist.flags["L"]
 
     def step(self) -> float:
@@ -270,7 +235,7 @@ class SolverRun:
                          aty=self.aty)
 
     def grad_f(self, x: torch.Tensor) -> torch.Tensor:
-        return self.physics.A_adjoint(self.physics.A(x) - self.y)
+        return L2.grad(x, self.y, self.physics)
 
     def fail(self, msg: str) -> None:
         """Raise under require_convergence, else warn; recorded in the history's flags."""
@@ -340,19 +305,3 @@ class SolverRun:
             self.hist.finish(False, f"max_iter ({self.cfg.max_iter}) reached")
         self.hist.flags["seconds"] = time.perf_counter() - self.t0
         return self.hist
-
-
-def power_norm(physics, x: torch.Tensor, n_iter: int = 200, tol: float = 1e-8) -> float:
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
-    v = v / norm(v)
-    lam = 0.0
-    for _ in range(n_iter):
-        w = physics.A_adjoint(physics.A(v))
-        lam_new = float(_inner(v, w))
-        v = w / max(norm(w), 1e-300)
-        if abs(lam_new - lam) <= tol * abs(lam_new):
-            return lam_new
-        lam = lam_new
-    return lam
-

@@ -9,6 +9,9 @@ never a torn one. It is read back with `torch.load(weights_only=True)`: nothing 
 `fingerprint(...)` hashes everything that determines a run's trajectory (data, generators,
 hyper-parameters); `load_checkpoint(path, expected_fingerprint)` refuses a checkpoint from
 another configuration with `CheckpointMismatchError` before anything is written.
+`resume_checkpoint(path, expected_fingerprint, resume, advice)` is the trainers' resume step:
+the checkpoint to continue from, None when there is none, `FileExistsError` when one exists and
+`resume` is False.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 
 __all__ = ["CheckpointMismatchError", "fingerprint", "save_checkpoint", "load_checkpoint",
-           "tensor_digest"]
+           "resume_checkpoint", "tensor_digest"]
 
 FORMAT_VERSION = 1
 
@@ -90,3 +93,21 @@ def load_checkpoint(path: str | os.PathLike[str], expected_fingerprint: str | No
             f"Nothing was overwritten; pass another checkpoint_path or resume=False with a "
             f"new path")
     return state
+
+
+def resume_checkpoint(path: str | os.PathLike[str] | None, expected_fingerprint: str,
+                      resume: bool, advice: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` to resume from (fingerprint checked), or None without one.
+
+    An existing checkpoint with `resume=False` raises `FileExistsError` ("...; remove it or
+    `advice`"), before anything is written.
+    """
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{path}: a checkpoint exists and resume=False; remove it or "
+                              f"{advice}")
+    return load_checkpoint(path, expected_fingerprint)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import torch
 from convexnn.model.losses import Loss
 from convexnn.model.primal import TwoLayerConvDenoiser
 from convexnn.model.validation import as_images, as_targets, check_int, check_positive
-from convexnn.train.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from convexnn.train.checkpoint import fingerprint, resume_checkpoint, save_checkpoint
 from convexnn.train.device import resolve_device, resolve_dtype
 from convexnn.train.distributed import DistInfo
 from convexnn.train.loop import TrainingDivergedError
@@ -65,21 +66,36 @@ class PolishConfig:
             check_positive(self.max_seconds, "max_seconds")
 
 
-def polish_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PolishConfig | None = None,
-                  eval_set=None, **options: Any) -> PrimalTrainResult:
-    """Minimise eq. 2 over `model`'s weights (in place) with full-batch L-BFGS.
+@dataclass
+class _Problem:
+    """The full-batch eq. 2 problem of one `polish_primal` call and its evaluation count."""
 
-    `history[0]` is the starting point, then one row per outer step: `train_objective` (eq. 2,
-    sum), `train_objective_mean`, the test versions with `eval_set`, `evaluations` (objective
-    and gradient passes so far), `elapsed_seconds`. Status: "converged" (relative decrease
-    below `tol`), "max_steps" or "time_limit".
-    """
-    cfg = config or PolishConfig()
-    if options:
-        cfg = PolishConfig(**{**asdict(cfg), **options})
-    if not isinstance(model, TwoLayerConvDenoiser):
-        raise TypeError(f"model: expected a TwoLayerConvDenoiser, got {type(model).__name__}")
-    t0 = time.perf_counter()
+    model: TwoLayerConvDenoiser
+    x: torch.Tensor
+    y: torch.Tensor
+    xe: torch.Tensor | None
+    ye: torch.Tensor | None
+    loss: Loss
+    beta: float
+    chunk: int
+    device: torch.device
+    dtype: torch.dtype
+    npix: float
+    info: DistInfo = field(default_factory=DistInfo)
+    evals: int = 0          # objective and gradient passes so far
+
+    def evaluate(self) -> dict[str, float]:
+        out = evaluate_objective(self.model, self.x, self.y, self.beta, self.loss, self.info,
+                                 "train")
+        if self.xe is not None:
+            out.update(evaluate_objective(self.model, self.xe, self.ye, self.beta, self.loss,
+                                          self.info, "test"))
+        return out
+
+
+def _prepare(model: TwoLayerConvDenoiser, noisy, clean, eval_set,
+             cfg: PolishConfig) -> _Problem:
+    """Check and convert the images, move `model` to the device and dtype of `cfg`."""
     device, dtype = resolve_device(cfg.device), resolve_dtype(cfg.dtype)
     loss = Loss(cfg.loss, cfg.huber_delta)
     x = as_images(noisy, "noisy", dtype=dtype, device=device)
@@ -95,66 +111,73 @@ def polish_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PolishConfi
         ye = as_targets(eval_set[1], xe, "eval_set clean")
     model.to(device=device, dtype=dtype)
     npix = float(x.shape[0] * x.shape[2] * x.shape[3])
-    beta = cfg.beta
+    return _Problem(model=model, x=x, y=y, xe=xe, ye=ye, loss=loss, beta=cfg.beta,
+                    chunk=cfg.chunk, device=device, dtype=dtype, npix=npix)
+
+
+def _fingerprint(cfg: PolishConfig, prob: _Problem) -> str:
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("max_steps", "max_seconds", "device", "checkpoint_path", "resume",
                              "progress")}
-    settings["dtype"] = str(dtype)
-    fp = fingerprint("primal-lbfgs", {**settings, "n_filters": model.n_filters,
-                                      "kernel_size": model.kernel_size,
-                                      "residual": model.residual},
-                     {"noisy": x, "clean": y})
-    info = DistInfo()
+    settings["dtype"] = str(prob.dtype)
+    model = prob.model
+    return fingerprint("primal-lbfgs", {**settings, "n_filters": model.n_filters,
+                                       "kernel_size": model.kernel_size,
+                                       "residual": model.residual},
+                       {"noisy": prob.x, "clean": prob.y})
 
-    def evaluate() -> dict[str, float]:
-        out = evaluate_objective(model, x, y, beta, loss, info, "train")
-        if xe is not None:
-            out.update(evaluate_objective(model, xe, ye, beta, loss, info, "test"))
-        return out
 
-    history: list[dict[str, float]] = []
-    evals, resumed_from = 0, None
-    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
-    if ckpt is not None and ckpt.exists():
-        if not cfg.resume:
-            raise FileExistsError(f"{ckpt}: a checkpoint exists and resume=False; remove it or "
-                                  f"pass another checkpoint_path")
-        state = load_checkpoint(ckpt, fp)
-        model.load_state_dict(state["model"])
-        history, evals = list(state["history"]), int(state["evaluations"])
-        resumed_from = len(history) - 1
-    if not history:
-        history.append({"step": 0, **evaluate(), "evaluations": 0, "elapsed_seconds": 0.0})
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=cfg.inner,
-                            history_size=cfg.history_size, line_search_fn="strong_wolfe",
-                            tolerance_grad=0.0, tolerance_change=0.0)
+def _resume(cfg: PolishConfig, prob: _Problem, fp: str,
+            ckpt: Path | None) -> tuple[list[dict[str, float]], int | None]:
+    """(history, resumed_from) of the checkpoint at `ckpt` (weights loaded), or ([], None)."""
+    state = resume_checkpoint(ckpt, fp, cfg.resume, "pass another checkpoint_path")
+    if state is None:
+        return [], None
+    prob.model.load_state_dict(state["model"])
+    history, prob.evals = list(state["history"]), int(state["evaluations"])
+    return history, len(history) - 1
+
+
+def _closure(prob: _Problem, opt: torch.optim.Optimizer) -> Callable[[], torch.Tensor]:
+    model, x, y, chunk, npix = prob.model, prob.x, prob.y, prob.chunk, prob.npix
 
     def closure() -> torch.Tensor:      # eq. 2 / N and its gradient over all images
-        nonlocal evals
-        evals += 1
+        prob.evals += 1
         opt.zero_grad()
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for i0 in range(0, x.shape[0], cfg.chunk):
-            part = loss(model(x[i0:i0 + cfg.chunk]), y[i0:i0 + cfg.chunk], "sum") / npix
+        total = torch.zeros((), dtype=torch.float64, device=prob.device)
+        for i0 in range(0, x.shape[0], chunk):
+            part = prob.loss(model(x[i0:i0 + chunk]), y[i0:i0 + chunk], "sum") / npix
             part.backward()
             total += part.detach().double()
-        reg = (0.5 * beta / npix) * model.weight_decay()
+        reg = (0.5 * prob.beta / npix) * model.weight_decay()
         reg.backward()
-        return (total + reg.detach().double()).to(dtype)
+        return (total + reg.detach().double()).to(prob.dtype)
 
-    status = "max_steps"
+    return closure
+
+
+def _progress_bar(cfg: PolishConfig, model: TwoLayerConvDenoiser,
+                  history: list[dict[str, float]]) -> Any:
     try:
         from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.max_steps, initial=len(history) - 1, disable=not cfg.progress,
-                   desc=f"primal l-bfgs m={model.n_filters}")
+        return tqdm(total=cfg.max_steps, initial=len(history) - 1, disable=not cfg.progress,
+                    desc=f"primal l-bfgs m={model.n_filters}")
     except ImportError:                                  # pragma: no cover
-        bar = None
+        return None
+
+
+def _outer_steps(cfg: PolishConfig, prob: _Problem, opt: torch.optim.Optimizer,
+                 history: list[dict[str, float]], fp: str, ckpt: Path | None) -> str:
+    """L-BFGS outer steps appended to `history` (checkpoint after each); returns the status."""
+    closure = _closure(prob, opt)
+    status = "max_steps"
+    bar = _progress_bar(cfg, prob.model, history)
     t_prev = history[-1]["elapsed_seconds"]
     t_run = time.perf_counter()
     while len(history) - 1 < cfg.max_steps:
         before = history[-1]["train_objective"]
         opt.step(closure)
-        row = {"step": len(history), **evaluate(), "evaluations": evals,
+        row = {"step": len(history), **prob.evaluate(), "evaluations": prob.evals,
                "elapsed_seconds": t_prev + time.perf_counter() - t_run}
         if not math.isfinite(row["train_objective"]):
             raise TrainingDivergedError(
@@ -166,8 +189,8 @@ def polish_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PolishConfi
             bar.set_postfix(objective=f"{row['train_objective_mean']:.4e}")
         if ckpt is not None:
             save_checkpoint(ckpt, {
-                "fingerprint": fp, "kind": "primal-lbfgs", "model": model.state_dict(),
-                "history": history, "evaluations": evals})
+                "fingerprint": fp, "kind": "primal-lbfgs", "model": prob.model.state_dict(),
+                "history": history, "evaluations": prob.evals})
         if before - row["train_objective"] <= cfg.tol * abs(before):
             status = "converged"
             break
@@ -176,5 +199,33 @@ def polish_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PolishConfi
             break
     if bar is not None:
         bar.close()
-    return PrimalTrainResult(history, status, len(history) - 1, evals,
+    return status
+
+
+def polish_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PolishConfig | None = None,
+                  eval_set=None, **options: Any) -> PrimalTrainResult:
+    """Minimise eq. 2 over `model`'s weights (in place) with full-batch L-BFGS.
+
+    `history[0]` is the starting point, then one row per outer step: `train_objective` (eq. 2,
+    sum), `train_objective_mean`, the test versions with `eval_set`, `evaluations` (objective
+    and gradient passes so far), `elapsed_seconds`. Status: "converged" (relative decrease
+    below `tol`), "max_steps" or "time_limit".
+    """
+    cfg = config or PolishConfig()
+    if options:
+        cfg = PolishConfig(**{**asdict(cfg), **options})
+    if not isinstance(model, TwoLayerConvDenoiser):
+        raise TypeError(f"model: expected a TwoLayerConvDenoiser, got {type(model).__name__}")
+    t0 = time.perf_counter()
+    prob = _prepare(model, noisy, clean, eval_set, cfg)
+    fp = _fingerprint(cfg, prob)
+    ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path else None
+    history, resumed_from = _resume(cfg, prob, fp, ckpt)
+    if not history:
+        history.append({"step": 0, **prob.evaluate(), "evaluations": 0, "elapsed_seconds": 0.0})
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=cfg.inner,
+                            history_size=cfg.history_size, line_search_fn="strong_wolfe",
+                            tolerance_grad=0.0, tolerance_change=0.0)
+    status = _outer_steps(cfg, prob, opt, history, fp, ckpt)
+    return PrimalTrainResult(history, status, len(history) - 1, prob.evals,
                              time.perf_counter() - t0, resumed_from)

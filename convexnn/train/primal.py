@@ -100,6 +100,47 @@ def evaluate_objective(raw: TwoLayerConvDenoiser, x, y, beta, loss, info: DistIn
             f"{prefix}_data_loss": float(sums[0])}
 
 
+def _reinit(model: TwoLayerConvDenoiser, seed: int) -> None:
+    """Re-draw the Kaiming-uniform init of both convolutions with `seed`."""
+    torch.manual_seed(int(seed))
+    nn.init.kaiming_uniform_(model.conv1.weight, a=math.sqrt(5))
+    nn.init.kaiming_uniform_(model.conv2.weight, a=math.sqrt(5))
+
+
+def _eval_tensors(eval_set, x: torch.Tensor, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The held-out (noisy, clean) pair as tensors like the training images `x`, or Nones."""
+    if eval_set is None:
+        return None, None
+    if not isinstance(eval_set, (tuple, list)) or len(eval_set) != 2:
+        raise TypeError("eval_set: expected a pair (noisy, clean) of held-out images")
+    xe = as_images(eval_set[0], "eval_set noisy", dtype=dtype, device=device)
+    if xe.shape[1:] != x.shape[1:]:
+        raise ValueError(f"eval_set: expected images of shape (n, {x.shape[1]}, "
+                         f"{x.shape[2]}, {x.shape[3]}) like the training set, got "
+                         f"{tuple(xe.shape)}")
+    return xe, as_targets(eval_set[1], xe, "eval_set clean")
+
+
+def _loop_spec(cfg: PrimalTrainConfig, lr: float, model: TwoLayerConvDenoiser) -> LoopSpec:
+    return LoopSpec.from_config(cfg, lr, monitor="train_objective_mean",
+                                stop_key="train_objective",
+                                desc=f"primal adam m={model.n_filters}")
+
+
+def _check_finite(history: list[dict[str, float]], model: TwoLayerConvDenoiser,
+                  lr: float) -> None:
+    """Raise `TrainingDivergedError` when the last objectives or the weights are not finite."""
+    last = history[-1] if history else {}
+    bad = [k for k in ("train_objective", "test_objective")
+           if k in last and not math.isfinite(last[k])]
+    if bad or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        what = f"{bad[0]} is {last[bad[0]]}" if bad else "weights are not finite"
+        raise TrainingDivergedError(
+            f"primal-adam: training diverged: after epoch {last.get('epoch')} the {what} "
+            f"(lr={lr} too large for this data scale?)", int(last.get("epoch", 0)), None)
+
+
 def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainConfig | None = None,
                  eval_set=None, **options: Any) -> PrimalTrainResult:
     """Train `model` in place with Adam on eq. 2; returns the per-epoch history.
@@ -131,20 +172,9 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
                          f"{x.shape[1]}")
     y_fit = y  # eq. 2 fits the clean image; a residual model adds x itself
     if cfg.reinit_seed is not None:
-        torch.manual_seed(int(cfg.reinit_seed))
-        nn.init.kaiming_uniform_(model.conv1.weight, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(model.conv2.weight, a=math.sqrt(5))
+        _reinit(model, cfg.reinit_seed)
     model.to(device=device, dtype=dtype)
-    xe = ye = None
-    if eval_set is not None:
-        if not isinstance(eval_set, (tuple, list)) or len(eval_set) != 2:
-            raise TypeError("eval_set: expected a pair (noisy, clean) of held-out images")
-        xe = as_images(eval_set[0], "eval_set noisy", dtype=dtype, device=device)
-        if xe.shape[1:] != x.shape[1:]:
-            raise ValueError(f"eval_set: expected images of shape (n, {x.shape[1]}, "
-                             f"{x.shape[2]}, {x.shape[3]}) like the training set, got "
-                             f"{tuple(xe.shape)}")
-        ye = as_targets(eval_set[1], xe, "eval_set clean")
+    xe, ye = _eval_tensors(eval_set, x, dtype, device)
     n, hw = x.shape[0], x.shape[2] * x.shape[3]
     n_total = float(n * hw)
     module = wrap_ddp(model, info, device)
@@ -169,23 +199,9 @@ def train_primal(model: TwoLayerConvDenoiser, noisy, clean, config: PrimalTrainC
             out.update(evaluate_objective(model, xe, ye, beta, loss, info, "test"))
         return out
 
-    spec = LoopSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=lr,
-                    schedule=cfg.schedule, lr_min_ratio=cfg.lr_min_ratio,
-                    patience=cfg.patience, tol=cfg.tol, seed=cfg.seed,
-                    checkpoint_path=cfg.checkpoint_path, checkpoint_every=cfg.checkpoint_every,
-                    resume=cfg.resume, progress=cfg.progress, max_seconds=cfg.max_seconds,
-                    eval_every=cfg.eval_every, callback=cfg.callback,
-                    monitor="train_objective_mean", stop_below=cfg.stop_below,
-                    stop_key="train_objective", desc=f"primal adam m={model.n_filters}")
-    res = run_loop(kind="primal-adam", spec=spec, n_items=n, module=module, raw=model,
-                   optimizer=opt, step=step, evaluate=evaluate, fp=fp, info=info)
-    last = res.history[-1] if res.history else {}
-    bad = [k for k in ("train_objective", "test_objective")
-           if k in last and not math.isfinite(last[k])]
-    if bad or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        what = f"{bad[0]} is {last[bad[0]]}" if bad else "weights are not finite"
-        raise TrainingDivergedError(
-            f"primal-adam: training diverged: after epoch {last.get('epoch')} the {what} "
-            f"(lr={cfg.lr} too large for this data scale?)", int(last.get("epoch", 0)), None)
+    res = run_loop(kind="primal-adam", spec=_loop_spec(cfg, lr, model), n_items=n,
+                   module=module, raw=model, optimizer=opt, step=step, evaluate=evaluate,
+                   fp=fp, info=info)
+    _check_finite(res.history, model, cfg.lr)
     return PrimalTrainResult(res.history, res.status, res.epochs_run, res.steps,
                              time.perf_counter() - t0, res.resumed_from)

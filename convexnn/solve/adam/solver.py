@@ -59,7 +59,15 @@ from convexnn.model.validation import (
     check_seed,
 )
 from convexnn.solve.adam.kernels import data_grad, hinge_pass
-from convexnn.solve.base import warm_start_point
+from convexnn.solve.adam.prepare import (
+    Batches,
+    check_eval_set,
+    check_representable,
+    initial_filters,
+    learning_rate,
+    make_batches,
+    penalty_weight,
+)
 from convexnn.train.checkpoint import fingerprint
 from convexnn.train.device import resolve_device, resolve_dtype
 from convexnn.train.distributed import (
@@ -69,7 +77,7 @@ from convexnn.train.distributed import (
     setup_distributed,
     wrap_ddp,
 )
-from convexnn.train.loop import LoopSpec, TrainingDivergedError, run_loop
+from convexnn.train.loop import LoopResult, LoopSpec, TrainingDivergedError, run_loop
 
 __all__ = ["AdamConfig", "solve_adam", "DualHingeModule"]
 
@@ -226,6 +234,106 @@ def _evaluate(mod: DualHingeModule, patches, targets, info: DistInfo, prefix: st
             f"{prefix}_violation_max": float(vmax[0])}
 
 
+@dataclass
+class _Settings:
+    """How one run was resolved: device, precision, processes and step sizes."""
+
+    device: torch.device
+    dtype: torch.dtype
+    info: DistInfo
+    rho: float
+    lr: float
+
+
+def _fingerprint(problem: DualProblem, cfg: AdamConfig, rho: float, lr: float,
+                 warm: list[torch.Tensor] | None) -> str:
+    """What determines the trajectory (a checkpoint of another run is refused)."""
+    return fingerprint("dual-adam", {**cfg.settings(), "rho_value": rho, "lr_value": lr,
+                                     "beta": problem.beta, "loss": repr(problem.loss)},
+                       {"noisy": problem.noisy, "target": problem.target,
+                        "generators": problem.generators,
+                        **({"warm_v": warm[0], "warm_w": warm[1]} if warm else {})})
+
+
+def _make_step(module: nn.Module, b: Batches, info: DistInfo,
+               device: torch.device) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The loop's step: penalised objective of one minibatch, and its gradient."""
+    width = b.patches.shape[-1]
+
+    def step(local: torch.Tensor, global_count: int) -> torch.Tensor:
+        # a batch is whole images, or (batch_pixels) rows of Yp from any images: the objective
+        # is a sum over pixels, so both are unbiased minibatches of the same eq. 4 + App. B sum
+        idx = local.to(device)
+        yp = b.patches[idx].reshape(-1, width)
+        y = b.targets[idx].reshape(-1)
+        # local sums scaled so that DDP's average over processes is the global batch mean
+        data_scale = info.world_size / float(global_count * b.item_pixels)
+        loss = module(yp, y, data_scale, 1.0 / b.n_total)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def _eval_rows(problem: DualProblem, device: torch.device, dtype: torch.dtype,
+               k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Rows of Yp and targets of the eval set (None without one)."""
+    if problem.eval_noisy is None:
+        return None
+    ev_patches = _patches(problem.eval_noisy.to(device, dtype), k)
+    ev_targets = problem.eval_target.to(device, dtype).reshape(ev_patches.shape[0], -1)
+    return ev_patches, ev_targets
+
+
+def _make_evaluate(raw: DualHingeModule, info: DistInfo, kernel: str,
+                   train: tuple[torch.Tensor, torch.Tensor],
+                   test: tuple[torch.Tensor, torch.Tensor] | None
+                   ) -> Callable[[int], dict[str, float]]:
+    """The loop's evaluation: exact objectives on the training (and eval) set."""
+
+    def evaluate(epoch: int) -> dict[str, float]:
+        out = _evaluate(raw, *train, info, "train", kernel)
+        if test is not None:
+            out.update(_evaluate(raw, *test, info, "test", kernel))
+        return out
+
+    return evaluate
+
+
+def _loop_spec(cfg: AdamConfig, lr: float, p: int, by_pixel: bool) -> LoopSpec:
+    """The shared training loop's options (schedule, early stop, checkpoints, progress)."""
+    return LoopSpec.from_config(cfg, lr, monitor="train_penalized_objective_mean",
+                                stop_key="train_primal_objective", desc=f"dual adam P={p}",
+                                batch_size=cfg.batch_pixels or cfg.batch_size,
+                                item_name="pixels" if by_pixel else "images")
+
+
+def _solution(problem: DualProblem, cfg: AdamConfig, st: _Settings, raw: DualHingeModule,
+              res: LoopResult, t0: float, t_setup: float) -> DualSolution:
+    """The trained filters `v, w (P, C, k, k)` (float64, CPU) and the run's record."""
+    shape = problem.generators.shape
+    v = raw.v.detach().reshape(shape).to("cpu", torch.float64)
+    w = raw.w.detach().reshape(shape).to("cpu", torch.float64)
+    if not (bool(torch.isfinite(v).all()) and bool(torch.isfinite(w).all())):
+        raise TrainingDivergedError(
+            f"solver='adam': the dual filters are not finite after {res.epochs_run} epochs "
+            f"({st.dtype} overflow?): rescale the data or use dtype='float64'",
+            epoch=res.epochs_run, checkpoint_epoch=None)
+    last = res.history[-1] if res.history else {}
+    details = {"rho": st.rho, "lr": st.lr, "epochs_run": res.epochs_run,
+               "device": str(st.device), "dtype": str(st.dtype),
+               "world_size": st.info.world_size,
+               "resumed_from_epoch": res.resumed_from, "kernel": cfg.kernel,
+               "train_primal_objective": last.get("train_primal_objective"),
+               "violation_max": last.get("train_violation_max"),
+               "violation_total": last.get("train_violation_total")}
+    info_out = SolveInfo(solver="adam", status=res.status, setup_seconds=t_setup,
+                         solve_seconds=res.seconds, total_seconds=time.perf_counter() - t0,
+                         iterations=res.steps, reported_objective=last.get("train_objective"),
+                         details=details)
+    return DualSolution(v=v, w=w, info=info_out, history=res.history)
+
+
 def solve_adam(problem: DualProblem, config: AdamConfig) -> DualSolution:
     """Train eq. 4 (hinge-penalised, App. B) with Adam; returns `v, w (P, C, k, k)`."""
     t0 = time.perf_counter()
@@ -239,121 +347,27 @@ def solve_adam(problem: DualProblem, config: AdamConfig) -> DualSolution:
         device = torch.device("cuda", info.local_rank)
     x, target = problem.noisy, problem.target
     n, k = x.shape[0], problem.kernel_size
-    if problem.eval_noisy is not None and problem.eval_noisy.shape[1:] != x.shape[1:]:
-        raise ValueError(f"eval set: expected images of shape (n, {x.shape[1]}, {x.shape[2]}, "
-                         f"{x.shape[3]}) like the training set, got "
-                         f"{tuple(problem.eval_noisy.shape)}")
-    if isinstance(cfg.rho, str):
-        if cfg.rho != "auto":
-            raise ValueError(f"rho: expected a positive number or 'auto', got {cfg.rho!r}")
-        rho = float(cfg.rho_scale) * float(target.abs().max())
-        rho = rho if rho > 0 else 1.0
-    else:
-        rho = float(cfg.rho)
-        if not rho > 0:
-            raise ValueError(f"rho: expected a positive number or 'auto', got {cfg.rho!r}")
+    check_eval_set(problem)
+    rho = penalty_weight(cfg.rho, cfg.rho_scale, target)
     patches = _patches(x.to(device, dtype), k)
-    if isinstance(cfg.lr, str):
-        if cfg.lr != "auto":
-            raise ValueError(f"lr: expected a positive number or 'auto', got {cfg.lr!r}")
-        l1 = float(patches.abs().sum(-1).mean())
-        lr = float(cfg.lr_scale) * float(target.abs().max()) / (problem.n_patterns
-                                                                 * max(l1, 1e-12))
-        if not lr > 0:   # all-zero targets: nothing to fit, any step is safe
-            lr = 1e-3 / problem.n_patterns
-    else:
-        lr = float(cfg.lr)
-    if not (math.isfinite(lr) and lr < torch.finfo(dtype).max and math.isfinite(rho)
-            and rho < torch.finfo(dtype).max):
-        raise ValueError(f"lr and rho: expected values that fit in {dtype}, got lr = {lr:g}, "
-                         f"rho = {rho:g}: rescale the data (max|y| = "
-                         f"{float(target.abs().max()):g}) or use dtype='float64'")
+    lr = learning_rate(cfg.lr, cfg.lr_scale, problem, patches)
+    check_representable(lr, rho, dtype, target)
+    st = _Settings(device=device, dtype=dtype, info=info, rho=rho, lr=lr)
     targets = target.to(device, dtype).reshape(n, -1)
     g = problem.generators.to(device, dtype)
-    p = g.shape[0]
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    v0 = (cfg.init_scale * torch.randn(problem.generators.shape, generator=gen,
-                                       dtype=torch.float64)).to(device, dtype)
-    w0 = (cfg.init_scale * torch.randn(problem.generators.shape, generator=gen,
-                                       dtype=torch.float64)).to(device, dtype)
-    warm = None
-    if cfg.warm_start is not None:
-        warm = [t.detach().to(torch.float64).cpu()
-                for t in warm_start_point(cfg.warm_start, problem)]
-        if not all(bool(torch.isfinite(t).all()) for t in warm):
-            raise ValueError("warm_start: expected finite filters, got NaN/Inf")
-        v0, w0 = (t.to(device, dtype) for t in warm)
+    v0, w0, warm = initial_filters(problem, cfg.init_scale, cfg.seed, cfg.warm_start,
+                                   device, dtype)
     raw = DualHingeModule(g, v0, w0, problem.beta, problem.loss, rho, cfg.kernel).to(device)
     module = wrap_ddp(raw, info, device)
     opt = torch.optim.Adam(raw.parameters(), lr=lr)
-    n_total = float(n * x.shape[2] * x.shape[3])
-    hw = x.shape[2] * x.shape[3]
-    fp = fingerprint("dual-adam", {**cfg.settings(), "rho_value": rho, "lr_value": lr,
-                                   "beta": problem.beta, "loss": repr(problem.loss)},
-                     {"noisy": x, "target": target, "generators": problem.generators,
-                      **({"warm_v": warm[0], "warm_w": warm[1]} if warm else {})})
-
-    by_pixel = cfg.batch_pixels is not None
-    if by_pixel and cfg.batch_pixels > n * hw:
-        raise ValueError(f"batch_pixels={cfg.batch_pixels} is larger than the {n * hw} "
-                         f"training pixels; use batch_pixels <= {n * hw}")
-    flat_patches = patches.reshape(n * hw, -1) if by_pixel else patches
-    flat_targets = targets.reshape(n * hw) if by_pixel else targets
-    item_pixels = 1 if by_pixel else hw
-
-    def step(local: torch.Tensor, global_count: int) -> torch.Tensor:
-        # a batch is whole images, or (batch_pixels) rows of Yp from any images: the objective
-        # is a sum over pixels, so both are unbiased minibatches of the same eq. 4 + App. B sum
-        idx = local.to(device)
-        yp = flat_patches[idx].reshape(-1, patches.shape[-1])
-        y = flat_targets[idx].reshape(-1)
-        # local sums scaled so that DDP's average over processes is the global batch mean
-        data_scale = info.world_size / float(global_count * item_pixels)
-        loss = module(yp, y, data_scale, 1.0 / n_total)
-        loss.backward()
-        return loss
-
-    ev_patches = ev_targets = None
-    if problem.eval_noisy is not None:
-        ev_patches = _patches(problem.eval_noisy.to(device, dtype), k)
-        ev_targets = problem.eval_target.to(device, dtype).reshape(ev_patches.shape[0], -1)
-
-    def evaluate(epoch: int) -> dict[str, float]:
-        out = _evaluate(raw, patches, targets, info, "train", cfg.kernel)
-        if ev_patches is not None:
-            out.update(_evaluate(raw, ev_patches, ev_targets, info, "test", cfg.kernel))
-        return out
-
-    spec = LoopSpec(epochs=cfg.epochs, batch_size=cfg.batch_pixels or cfg.batch_size, lr=lr,
-                    schedule=cfg.schedule, lr_min_ratio=cfg.lr_min_ratio,
-                    patience=cfg.patience, tol=cfg.tol, seed=cfg.seed,
-                    checkpoint_path=cfg.checkpoint_path, checkpoint_every=cfg.checkpoint_every,
-                    resume=cfg.resume, progress=cfg.progress, max_seconds=cfg.max_seconds,
-                    eval_every=cfg.eval_every, callback=cfg.callback,
-                    monitor="train_penalized_objective_mean", stop_below=cfg.stop_below,
-                    stop_key="train_primal_objective", desc=f"dual adam P={p}",
-                    item_name="pixels" if by_pixel else "images")
+    fp = _fingerprint(problem, cfg, rho, lr, warm)
+    batches = make_batches(cfg.batch_pixels, x, patches, targets)
+    step = _make_step(module, batches, info, device)
+    evaluate = _make_evaluate(raw, info, cfg.kernel, (patches, targets),
+                              _eval_rows(problem, device, dtype, k))
+    spec = _loop_spec(cfg, lr, g.shape[0], batches.by_pixel)
     t_setup = time.perf_counter() - t0
-    res = run_loop(kind="dual-adam", spec=spec, n_items=n * hw if by_pixel else n,
+    res = run_loop(kind="dual-adam", spec=spec, n_items=batches.n_items,
                    module=module, raw=raw,
                    optimizer=opt, step=step, evaluate=evaluate, fp=fp, info=info)
-    shape = problem.generators.shape
-    v = raw.v.detach().reshape(shape).to("cpu", torch.float64)
-    w = raw.w.detach().reshape(shape).to("cpu", torch.float64)
-    if not (bool(torch.isfinite(v).all()) and bool(torch.isfinite(w).all())):
-        raise TrainingDivergedError(
-            f"solver='adam': the dual filters are not finite after {res.epochs_run} epochs "
-            f"({dtype} overflow?): rescale the data or use dtype='float64'",
-            epoch=res.epochs_run, checkpoint_epoch=None)
-    last = res.history[-1] if res.history else {}
-    details = {"rho": rho, "lr": lr, "epochs_run": res.epochs_run, "device": str(device),
-               "dtype": str(dtype), "world_size": info.world_size,
-               "resumed_from_epoch": res.resumed_from, "kernel": cfg.kernel,
-               "train_primal_objective": last.get("train_primal_objective"),
-               "violation_max": last.get("train_violation_max"),
-               "violation_total": last.get("train_violation_total")}
-    info_out = SolveInfo(solver="adam", status=res.status, setup_seconds=t_setup,
-                         solve_seconds=res.seconds, total_seconds=time.perf_counter() - t0,
-                         iterations=res.steps, reported_objective=last.get("train_objective"),
-                         details=details)
-    return DualSolution(v=v, w=w, info=info_out, history=res.history)
+    return _solution(problem, cfg, st, raw, res, t0, t_setup)

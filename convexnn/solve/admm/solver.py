@@ -18,10 +18,9 @@ operators and docs/admm.md for measurements.
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,13 @@ import torch
 from convexnn.model.problem import DualProblem, DualSolution, SolveInfo
 from convexnn.model.validation import check_in_range, check_int, check_positive
 from convexnn.solve.admm.cones import ConeProx
+from convexnn.solve.admm.iteration import (
+    AdmmIterate,
+    AdmmSetup,
+    Residuals,
+    admm_step,
+    balance_rho,
+)
 from convexnn.solve.admm.linear import make_linear_solver
 from convexnn.solve.admm.ops import PatternOperators
 from convexnn.solve.base import internal_scales, refuse_or_warn, run_with_threads, warm_start_point
@@ -111,14 +117,6 @@ class AdmmConfig:
 
 
 # ---------------------------------------------------------------------- helpers
-def _loss_prox(x: torch.Tensor, name: str, t: float, delta: float) -> torch.Tensor:
-    """Prox of `t * loss` at residual x (Appendix E losses, pixel-wise)."""
-    if name == "l1":
-        return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
-    # Huber h_delta: quadratic region when |x| <= delta (1 + t)
-    return torch.where(x.abs() <= delta * (1.0 + t), x / (1.0 + t), x - t * delta * torch.sign(x))
-
-
 def _loss_value(r: torch.Tensor, name: str, delta: float) -> float:
     if name == "squared":
         return 0.5 * float(r @ r)
@@ -150,8 +148,22 @@ def solve_admm(problem: DualProblem, config: AdmmConfig | None = None) -> DualSo
     return run_with_threads(threads, _solve, problem, cfg)
 
 
-def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
-    t_start = time.perf_counter()
+@dataclass
+class _Run:
+    """Bookkeeping of one run: history, checkpoint, first and last iteration, how it ended."""
+
+    history: list[dict[str, float]]
+    it0: int                  # iterations done before this call (resumed checkpoint)
+    ckpt: Path | None
+    fp: str
+    t_start: float
+    status: str = "max_iter"
+    it: int = 0
+    res: Residuals = field(default_factory=Residuals)
+
+
+def _setup(problem: DualProblem, cfg: AdmmConfig) -> AdmmSetup:
+    """Operators, linear solver, cone prox and data of eq. 4 in internal units."""
     device = torch.device(cfg.device) if cfg.device else problem.noisy.device
     dt = cfg.dtype
     loss, delta = problem.loss.name, problem.loss.huber_delta
@@ -160,155 +172,159 @@ def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
     beta = problem.beta / (sx if loss == "l1" else sx * sy)               # internal beta
     dlt = delta / sy
     ops = PatternOperators(problem.noisy, problem.generators, sx, device, dt, cfg.block_elements)
-    p, d = ops.n_patterns, ops.dim
     y = (problem.target.to(device=device, dtype=dt).reshape(-1) / sy)
     lin = make_linear_solver(ops, cfg, split)
     prox = ConeProx(ops)
     aty = ops.At(y)
-    rho = float(cfg.rho) if cfg.rho else lin.default_rho()
-    kappa = 1.0                                                           # rho_q = kappa rho
+    obj_scale = sy if loss == "l1" else sy * sy
+    return AdmmSetup(ops=ops, lin=lin, prox=prox, y=y, aty=aty, loss=loss, dlt=dlt, beta=beta,
+                     split=split, sx=sx, sy=sy, device=device, dt=dt, obj_scale=obj_scale)
+
+
+def _initial_iterate(problem: DualProblem, cfg: AdmmConfig, s: AdmmSetup,
+                     rho: float) -> AdmmIterate:
+    """Zero, or the warm start (an `AdmmState`, a model or `(v, w)`) moved into the cones."""
+    device, dt = s.device, s.dt
+    p, d = s.ops.n_patterns, s.ops.dim
     # ---- initial point (internal units: filters times sx / sy)
     ws = cfg.warm_start
     lam = None
     if isinstance(ws, AdmmState):
-        f = (sx / sy) / (ws.x_scale / ws.y_scale)
+        f = (s.sx / s.sy) / (ws.x_scale / ws.y_scale)
         z = ws.z.to(device=device, dtype=dt) * f
         lam = ws.lam.to(device=device, dtype=dt) * (ws.rho / rho) * f
     elif ws is not None:
         v0, w0 = warm_start_point(
             ws, problem, "a fitted ConvexDualDenoiser, a pair (v, w) or an AdmmState")
         z = torch.cat([v0.reshape(p, d), w0.reshape(p, d)]).to(device=device, dtype=dt)
-        z = prox(z * (sx / sy), 0.0)                                    # into the cones
+        z = s.prox(z * (s.sx / s.sy), 0.0)                              # into the cones
     else:
         z = torch.zeros((2 * p, d), device=device, dtype=dt)
     if lam is None:
         lam = torch.zeros_like(z)
-    q = ops.A(z[:p] - z[p:])
-    nu = torch.zeros_like(q)
-    if split:
-        aq = ops.At(q - nu)
-    history: list[dict[str, float]] = []
-    it0 = 0
+    q = s.ops.A(z[:p] - z[p:])
+    st = AdmmIterate(z=z, lam=lam, q=q, nu=torch.zeros_like(q), rho=rho)
+    if s.split:
+        st.aq = s.ops.At(st.q - st.nu)
+    return st
+
+
+def _start_run(problem: DualProblem, cfg: AdmmConfig, s: AdmmSetup, st: AdmmIterate,
+               t_start: float) -> _Run:
+    """The run's bookkeeping; resumes `st` from `cfg.checkpoint_path` if that file exists."""
     ckpt = Path(cfg.checkpoint_path) if cfg.checkpoint_path is not None else None
-    fp = _fingerprint(problem, cfg)
+    run = _Run(history=[], it0=0, ckpt=ckpt, fp=_fingerprint(problem, cfg), t_start=t_start)
     if ckpt is not None and ckpt.exists():
         if not cfg.resume:
             raise FileExistsError(f"{ckpt}: a checkpoint exists and resume=False; remove it or "
                                   f"choose another checkpoint_path (nothing was overwritten)")
-        state = load_checkpoint(ckpt, fp)
-        z, lam, q, nu = (state[k].to(device=device, dtype=dt) for k in ("z", "lam", "q", "nu"))
-        rho, it0 = float(state["rho"]), int(state["iteration"])
-        history = [dict(r) for r in state["history"]]
-        if split:
-            aq = ops.At(q - nu)
-    lin.set_rho(rho, kappa)
-    t_setup = time.perf_counter() - t_start
-    alpha = cfg.relaxation
-    status, it = "max_iter", it0
-    obj_scale = sy if loss == "l1" else sy * sy
+        state = load_checkpoint(ckpt, run.fp)
+        st.z, st.lam, st.q, st.nu = (state[k].to(device=s.device, dtype=s.dt)
+                                     for k in ("z", "lam", "q", "nu"))
+        st.rho, run.it0 = float(state["rho"]), int(state["iteration"])
+        run.history = [dict(r) for r in state["history"]]
+        if s.split:
+            st.aq = s.ops.At(st.q - st.nu)
+    run.it = run.it0
+    return run
+
+
+def _record(s: AdmmSetup, st: AdmmIterate, run: _Run, it: int, verbose: bool,
+            log_every: int) -> None:
+    """Append iteration `it` to the history (and print every 100 log rows if verbose)."""
+    p, z, res = s.ops.n_patterns, st.z, run.res
+    # objective at z, which is cone-feasible: an upper bound on eq. 4's optimum
+    obj = _loss_value(s.ops.A(z[:p] - z[p:]) - s.y, s.loss, s.dlt) \
+        + s.beta * float(z.norm(dim=1).sum())
+    run.history.append({"iteration": it, "objective": obj * s.obj_scale,
+                        "r_primal": res.rel_pri, "r_dual": res.rel_dual,
+                        "violation": 0.0, "rho": st.rho,
+                        "seconds": time.perf_counter() - run.t_start})
+    if verbose and it % (100 * log_every) == 0:
+        print(f"admm {it:6d} obj {obj * s.obj_scale:.10g} rp {res.rel_pri:.2e} "
+              f"rd {res.rel_dual:.2e} rho {st.rho:.3g}")
+
+
+def _save(run: _Run, st: AdmmIterate, it: int, every: int) -> None:
+    """Atomic snapshot of the iterate after iteration `it` (a rerun resumes from it)."""
+    save_checkpoint(run.ckpt, {"kind": "admm", "fingerprint": run.fp, "iteration": it,
+                               "snapshot": it // every, "checkpoint_every": every,
+                               "z": st.z.cpu(), "lam": st.lam.cpu(), "q": st.q.cpu(),
+                               "nu": st.nu.cpu(), "rho": st.rho, "history": run.history})
+
+
+def _iterate(s: AdmmSetup, st: AdmmIterate, run: _Run, cfg: AdmmConfig) -> None:
+    """ADMM iterations until the residuals meet `cfg.tol`, max_iter or the time limit."""
     eps_abs = 1e-3 * cfg.tol
-    r_pri = r_dual = e_pri = e_dual = float("nan")
-    t_loop = time.perf_counter()
-    for it in range(it0 + 1, cfg.max_iter + 1):
-        # ---- u-step: (F^T F + rho I) u = F^T y + rho (z - lam), in (a, b) = (v - w, v + w)
-        rv = rho * (z - lam)
-        rhs_a = rv[:p] - rv[p:] + (2.0 * kappa * rho * aq if split else 2.0 * aty)
-        a = lin.solve_a(rhs_a)
-        b = (rv[:p] + rv[p:]) / rho
-        u = torch.cat([0.5 * (b + a), 0.5 * (b - a)])
-        # ---- relaxed z-step: exact prox of beta ||.|| + cone indicator, then dual update
-        uh = alpha * u + (1.0 - alpha) * z
-        z_old = z
-        z = prox(uh + lam, beta / rho)
-        lam = lam + uh - z
-        r2 = float((u - z).pow(2).sum())
-        n_u, n_z = float(u.pow(2).sum()), float(z.pow(2).sum())
-        dres = rho * (z - z_old)
-        ydual = rho * lam
-        if split:
-            pred = ops.A(a)
-            ph = alpha * pred + (1.0 - alpha) * q
-            q_old = q
-            q = y + _loss_prox(ph + nu - y, loss, 1.0 / (kappa * rho), dlt)
-            nu = nu + ph - q
-            aq, adq, anu = ops.At(torch.stack([q - nu, q - q_old, nu], 1))
-            r2 += float((pred - q).pow(2).sum())
-            n_u += float(pred.pow(2).sum())
-            n_z += float(q.pow(2).sum())
-            dres = dres + kappa * rho * torch.cat([adq, -adq])
-            ydual = ydual + kappa * rho * torch.cat([anu, -anu])
-        r_pri, r_dual = math.sqrt(r2), float(dres.norm())
-        e_pri = math.sqrt(max(n_u, n_z)) + eps_abs
-        e_dual = float(ydual.norm()) + eps_abs
-        done = r_pri <= cfg.tol * e_pri and r_dual <= cfg.tol * e_dual
+    for it in range(run.it0 + 1, cfg.max_iter + 1):
+        run.it = it
+        run.res = res = admm_step(s, st, cfg.relaxation, eps_abs)
+        done = res.r_pri <= cfg.tol * res.e_pri and res.r_dual <= cfg.tol * res.e_dual
         if cfg.log_every and (it % cfg.log_every == 0 or it == 1 or done):
-            # objective at z, which is cone-feasible: an upper bound on eq. 4's optimum
-            obj = _loss_value(ops.A(z[:p] - z[p:]) - y, loss, dlt) \
-                + beta * float(z.norm(dim=1).sum())
-            history.append({"iteration": it, "objective": obj * obj_scale,
-                            "r_primal": r_pri / e_pri, "r_dual": r_dual / e_dual,
-                            "violation": 0.0, "rho": rho,
-                            "seconds": time.perf_counter() - t_start})
-            if cfg.verbose and it % (100 * cfg.log_every) == 0:
-                print(f"admm {it:6d} obj {obj * obj_scale:.10g} rp {r_pri / e_pri:.2e} "
-                      f"rd {r_dual / e_dual:.2e} rho {rho:.3g}")
+            _record(s, st, run, it, cfg.verbose, cfg.log_every)
         if done:
-            status = "optimal"
+            run.status = "optimal"
             break
-        if cfg.time_limit is not None and time.perf_counter() - t_start > cfg.time_limit:
-            status = "time_limit"
+        if cfg.time_limit is not None and time.perf_counter() - run.t_start > cfg.time_limit:
+            run.status = "time_limit"
             break
         # ---- residual balancing (OSQP rule on normalised residuals)
         if cfg.adaptive_rho and it % cfg.adapt_every == 0:
-            ratio = math.sqrt((r_pri / e_pri) / max(r_dual / e_dual, 1e-300))
-            if ratio > 3.0 or ratio < 1.0 / 3.0:
-                new = rho * min(max(ratio, 0.1), 10.0)
-                f = rho / new
-                lam = lam * f
-                if split:
-                    nu = nu * f
-                    aq, anu = ops.At(q - nu), anu * f
-                rho = new
-                lin.set_rho(rho, kappa)
-        if ckpt is not None and it % cfg.checkpoint_every == 0:
-            save_checkpoint(ckpt, {"kind": "admm", "fingerprint": fp, "iteration": it,
-                                   "snapshot": it // cfg.checkpoint_every,
-                                   "checkpoint_every": cfg.checkpoint_every,
-                                   "z": z.cpu(), "lam": lam.cpu(), "q": q.cpu(), "nu": nu.cpu(),
-                                   "rho": rho, "history": history})
-    t_solve = time.perf_counter() - t_loop
-    if status != "optimal":
-        msg = (f"ADMM stopped with status {status!r} after {it} iterations without reaching "
-               f"tol={cfg.tol:g}: relative primal residual {r_pri / e_pri:.3e}, relative dual "
-               f"residual {r_dual / e_dual:.3e}")
-        refuse_or_warn(msg, status, cfg.allow_inaccurate)
-    # ---- returned point: the group-sparse, cone-feasible copy z
+            balance_rho(s, st, res)
+        if run.ckpt is not None and it % cfg.checkpoint_every == 0:
+            _save(run, st, it, cfg.checkpoint_every)
+
+
+def _solution(problem: DualProblem, cfg: AdmmConfig, s: AdmmSetup, st: AdmmIterate, run: _Run,
+              t_setup: float, t_solve: float) -> DualSolution:
+    """The returned point: the group-sparse, cone-feasible copy z, in the caller's units."""
+    ops, p, z, res = s.ops, s.ops.n_patterns, st.z, run.res
     pred, gz = ops.forward(z)
-    obj = (_loss_value(pred - y, loss, dlt) + beta * float(z.norm(dim=1).sum())) * obj_scale
+    obj = (_loss_value(pred - s.y, s.loss, s.dlt)
+           + s.beta * float(z.norm(dim=1).sum())) * s.obj_scale
     top = float(gz.abs().max()) if gz.numel() else 0.0
     viol = float((-gz).clamp_min(0).max()) / top if top > 0 else 0.0
-    back = sy / sx
+    back = s.sy / s.sx
     shape = tuple(problem.generators.shape)
     v = (z[:p] * back).reshape(shape).cpu()
     w = (z[p:] * back).reshape(shape).cpu()
-    if split:
-        loss_dual = (-kappa * rho * nu) * (1.0 if loss == "l1" else sy)
+    if s.split:
+        loss_dual = (-s.kappa * st.rho * st.nu) * (1.0 if s.loss == "l1" else s.sy)
     else:
-        loss_dual = (y - pred) * sy
+        loss_dual = (s.y - pred) * s.sy
     details: dict[str, Any] = {
-        "r_primal": r_pri / e_pri, "r_dual": r_dual / e_dual, "rho": rho,
-        "linear_solver": lin.name, "linear_setup_seconds": lin.setup_seconds,
-        "cg_iterations": getattr(lin, "total_iterations", None),
-        "prox_rounds": prox.rounds, "nnls_calls": prox.nnls_calls,
-        "storage": ops.storage, "device": str(device), "dtype": str(dt),
-        "x_scale": sx, "y_scale": sy,
+        "r_primal": res.rel_pri, "r_dual": res.rel_dual, "rho": st.rho,
+        "linear_solver": s.lin.name, "linear_setup_seconds": s.lin.setup_seconds,
+        "cg_iterations": getattr(s.lin, "total_iterations", None),
+        "prox_rounds": s.prox.rounds, "nnls_calls": s.prox.nnls_calls,
+        "storage": ops.storage, "device": str(s.device), "dtype": str(s.dt),
+        "x_scale": s.sx, "y_scale": s.sy,
         "relative_violation_internal": viol, "loss_dual": loss_dual.cpu(),
         "n_pixels": ops.n_pixels, "n_patterns": p,
     }
-    details["resumed_from_iteration"] = it0 or None
+    details["resumed_from_iteration"] = run.it0 or None
     if cfg.return_state:
-        details["state"] = AdmmState(z, lam, rho, sx, sy)
-    info = SolveInfo(solver="admm", status=status, setup_seconds=t_setup, solve_seconds=t_solve,
-                     total_seconds=time.perf_counter() - t_start, iterations=it,
-                     reported_objective=obj, details=details)
-    return DualSolution(v, w, info, history)
+        details["state"] = AdmmState(z, st.lam, st.rho, s.sx, s.sy)
+    info = SolveInfo(solver="admm", status=run.status, setup_seconds=t_setup,
+                     solve_seconds=t_solve, total_seconds=time.perf_counter() - run.t_start,
+                     iterations=run.it, reported_objective=obj, details=details)
+    return DualSolution(v, w, info, run.history)
+
+
+def _solve(problem: DualProblem, cfg: AdmmConfig) -> DualSolution:
+    t_start = time.perf_counter()
+    s = _setup(problem, cfg)
+    rho = float(cfg.rho) if cfg.rho else s.lin.default_rho()
+    st = _initial_iterate(problem, cfg, s, rho)
+    run = _start_run(problem, cfg, s, st, t_start)
+    s.lin.set_rho(st.rho, s.kappa)
+    t_setup = time.perf_counter() - t_start
+    t_loop = time.perf_counter()
+    _iterate(s, st, run, cfg)
+    t_solve = time.perf_counter() - t_loop
+    if run.status != "optimal":
+        msg = (f"ADMM stopped with status {run.status!r} after {run.it} iterations without "
+               f"reaching tol={cfg.tol:g}: relative primal residual {run.res.rel_pri:.3e}, "
+               f"relative dual residual {run.res.rel_dual:.3e}")
+        refuse_or_warn(msg, run.status, cfg.allow_inaccurate)
+    return _solution(problem, cfg, s, st, run, t_setup, t_solve)

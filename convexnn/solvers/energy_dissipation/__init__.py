@@ -25,6 +25,7 @@ from .projection import (
     in_half_space,
     in_two_sided_set,
 )
+from .solve import energy_dissipation_solve
 from .training import (
     LaggedTrainingConfig,
     LaggedTrainingResult,
@@ -34,7 +35,7 @@ from .training import (
 )
 
 __all__ = [
-    "DescentConfig", "energy_dissipating_descent", "gradient_descent",
+    "energy_dissipation_solve", "DescentConfig", "energy_dissipating_descent", "gradient_descent",
     "DirectionNetwork", "PaperDnCNN", "SmallConvNet", "MLP", "SetNet",
     "ConvexDenoiserDirection", "GradientDirection",
     "HalfSpaceProjection", "TwoSidedProjection", "GRAD_NORM_FLOOR", "check_zetas",

@@ -148,26 +148,50 @@ def _constant_step(direction, energy: Energy, u: Tensor, cfg: DescentConfig) -> 
     return z1 / (z2 * z2 * lip)          # Prop. 2: tau = zeta1 / (zeta2^2 L)
 
 
-@torch.no_grad()
-def energy_dissipating_descent(energy: Energy, u0: Tensor, direction: Direction | None = None,
-                               config: DescentConfig | None = None
-                               ) -> tuple[Tensor, History]:
-    """Algorithm 1 from ``u0`` ``(B, ...)``; ``direction`` a ``DirectionNetwork``, any
-    callable ``(u, g, energy) -> d``, or None for the gradient. Returns ``(u, History)``;
-    the history's energy is the sum over the batch, its flags hold the per-sample steps and
-    backtracking counts."""
-    cfg = config or DescentConfig()
+@dataclass
+class _Descent:
+    """Algorithm 1's run: fixed settings, the iterate ``u^k`` with its energy and gradient, the
+    samples that stalled, and the history being written."""
+
+    energy: Energy
+    direction: Direction | None
+    cfg: DescentConfig
+    delta: Tensor | None
+    tau_const: float | None
+    hist: History
+    x0n: float
+    t0: float
+    u: Tensor
+    e: Tensor
+    g: Tensor
+    stalled: Tensor
+
+
+@dataclass
+class _Step:
+    """One iteration's per-sample outcome: the next iterate (eq. 5) with its energy, the
+    accepted step, backtracking counts and the safeguard flags."""
+
+    u: Tensor
+    e: Tensor
+    tau: Tensor
+    backtracks: Tensor
+    failed: Tensor
+    not_descent: Tensor
+
+
+def _check_energy(energy: Energy) -> None:
     if not isinstance(energy, Energy):
         raise TypeError(f"energy: expected a convexnn.solvers.energies.Energy, got "
                         f"{type(energy).__name__}")
     if not energy.differentiable:
         raise EnergyError(f"{type(energy).__name__} is not differentiable; Algorithm 1 needs a "
                           f"continuously differentiable energy (e.g. CharbonnierTV with eps > 0)")
-    u = check_batch(u0, "u0").clone()
-    energy.check_input(u)
-    was_training = getattr(direction, "training", False)
-    if was_training:
-        direction.eval()
+
+
+def _start(energy: Energy, u: Tensor, direction: Direction | None,
+           cfg: DescentConfig) -> _Descent:
+    """Discrepancy level, constant step, history and ``E(u^0)``, ``grad E(u^0)``."""
     delta = None if cfg.discrepancy is None else torch.as_tensor(
         cfg.discrepancy, dtype=u.dtype, device=u.device).expand(u.shape[0])
     tau_const = _constant_step(direction, energy, u, cfg) if cfg.step_rule == "constant" \
@@ -180,90 +204,150 @@ def energy_dissipating_descent(energy: Energy, u0: Tensor, direction: Direction 
     hist.flags.update(initial_energy=float(e.sum()), initial_energy_per_sample=e.tolist())
     x0n = float(u.norm()) or 1.0
     t0 = time.perf_counter()
-    reason, converged = f"max_iter = {cfg.max_iter} reached", False
     stalled = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
+    return _Descent(energy, direction, cfg, delta, tau_const, hist, x0n, t0, u, e, g, stalled)
+
+
+def _stopping(run: _Descent) -> tuple[Tensor, tuple[str, bool] | None]:
+    """The samples that are done, and ``(reason, converged)`` when the whole batch stops."""
+    cfg = run.cfg
+    gnorm = run.g.flatten(1).norm(dim=1)
+    done = gnorm <= cfg.grad_tol
+    if bool((gnorm == 0).all()):
+        return done, ("zero gradient", True)
+    if bool(done.all()):
+        return done, (f"||grad E|| <= {cfg.grad_tol:g}", True)
+    if run.delta is not None:
+        res = run.energy.residual(run.u)
+        done = done | (res <= run.delta)
+        if bool((res <= run.delta).all()):
+            return done, ("discrepancy principle ||A u - f|| <= delta", True)
+    if bool((done | run.stalled).all()):
+        return done, ("every sample converged or stalled", bool(done.all()))
+    return done, None
+
+
+def _checked_direction(run: _Descent, k: int) -> Tensor:
+    """``d^k`` (eq. 3), checked for shape and NaN/inf, in the dtype of ``u``."""
+    u = run.u
+    d = _direction(run.direction, u, run.g, run.energy)
+    if not isinstance(d, Tensor) or d.shape != u.shape:
+        raise ValueError(f"direction: expected a tensor of the shape of u "
+                         f"{tuple(u.shape)}, got "
+                         f"{tuple(d.shape) if isinstance(d, Tensor) else type(d)}")
+    d = d.to(u.dtype)
+    _finite("direction", d, k + 1)
+    return d
+
+
+def _line_search(run: _Descent, d: Tensor, slope: Tensor,
+                 active: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Trial point, its energy, step and backtracking counts: the constant step, or Armijo
+    backtracking from ``initial_step`` for the active samples."""
+    u, e, cfg, tau_const = run.u, run.e, run.cfg, run.tau_const
+    tau = torch.where(active, torch.full_like(e, tau_const or cfg.initial_step),
+                      torch.zeros_like(e))
+    backtracks = torch.zeros_like(e, dtype=torch.long)
+    u_new = u - _bcast(tau, u) * d               # eq. 5
+    e_new = run.energy.value(u_new)
+    if tau_const is None:
+        for _ in range(cfg.max_backtracks):
+            # Algorithm 1, line 6: E(u^{k+1}) > E(u^k) - c tau <d^k, grad E(u^k)>
+            bad = active & ~(e_new <= e - cfg.c * tau * slope)
+            if not bool(bad.any()):
+                break
+            tau = torch.where(bad, tau * cfg.rho, tau)
+            backtracks += bad.long()
+            u_try = u - _bcast(tau, u) * d
+            e_try = run.energy.value(u_try)
+            u_new = torch.where(_bcast(bad, u), u_try, u_new)
+            e_new = torch.where(bad, e_try, e_new)
+    return u_new, e_new, tau, backtracks
+
+
+def _descent_step(run: _Descent, d: Tensor, done: Tensor) -> _Step:
+    """Line search along ``d``; samples that are done, stalled, not descending, whose line
+    search failed or whose energy is not finite keep ``u^k`` (Prop. 1)."""
+    u, e, cfg = run.u, run.e, run.cfg
+    slope = _dot(d, run.g)                           # <d^k, grad E(u^k)>
+    active = ~done & ~run.stalled & (slope > 0)
+    not_descent = ~done & ~run.stalled & (slope <= 0)
+    u_new, e_new, tau, backtracks = _line_search(run, d, slope, active)
+    failed = active & ~(e_new <= e - cfg.c * tau * slope) if run.tau_const is None \
+        else active & ~(e_new <= e)
+    keep = ~active | failed | ~torch.isfinite(e_new)
+    tau = torch.where(keep, torch.zeros_like(tau), tau)
+    u_new = torch.where(_bcast(keep, u), u, u_new)
+    e_new = torch.where(keep, e, e_new)
+    return _Step(u_new, e_new, tau, backtracks, failed, not_descent)
+
+
+def _record(run: _Descent, step: _Step, change: float) -> None:
+    """Append the iteration just taken (at ``run.u``) to the history."""
+    cfg, u = run.cfg, run.u
+    residual = None
+    try:
+        residual = float(run.energy.residual(u).pow(2).sum().sqrt())
+    except EnergyError:
+        pass
+    run.hist.record(change, step=float(step.tau.mean()), energy=float(run.e.sum()),
+                    residual=residual, x=u if cfg.reference is not None else None,
+                    reference=cfg.reference, data_range=cfg.data_range,
+                    compute_ssim=cfg.compute_ssim, time=time.perf_counter() - run.t0,
+                    backtracks=step.backtracks.tolist(), tau=step.tau.tolist(),
+                    grad_norm=float(run.g.flatten(1).norm(dim=1).max()),
+                    line_search_failed=int(step.failed.sum()),
+                    not_descent=int(step.not_descent.sum()))
+
+
+def _iterate(run: _Descent, done: Tensor, k: int) -> None:
+    """Iteration ``k + 1``: move to ``u^{k+1}``, refresh energy and gradient, record."""
+    d = _checked_direction(run, k)
+    step = _descent_step(run, d, done)
+    run.stalled = run.stalled | step.failed | step.not_descent
+    change = float((step.u - run.u).norm()) / run.x0n
+    run.u = step.u
+    run.e, run.g = run.energy.value_and_gradient(run.u)
+    if not bool(torch.isfinite(run.e).all()):
+        _finite("energy", run.e, k + 1)
+    _finite("gradient", run.g, k + 1)
+    if run.cfg.record_history:
+        _record(run, step, change)
+
+
+@torch.no_grad()
+def energy_dissipating_descent(energy: Energy, u0: Tensor, direction: Direction | None = None,
+                               config: DescentConfig | None = None
+                               ) -> tuple[Tensor, History]:
+    """Algorithm 1 from ``u0`` ``(B, ...)``; ``direction`` a ``DirectionNetwork``, any
+    callable ``(u, g, energy) -> d``, or None for the gradient. Returns ``(u, History)``;
+    the history's energy is the sum over the batch, its flags hold the per-sample steps and
+    backtracking counts."""
+    cfg = config or DescentConfig()
+    _check_energy(energy)
+    u = check_batch(u0, "u0").clone()
+    energy.check_input(u)
+    was_training = getattr(direction, "training", False)
+    if was_training:
+        direction.eval()
+    run = _start(energy, u, direction, cfg)
+    reason, converged = f"max_iter = {cfg.max_iter} reached", False
     try:
         for k in range(cfg.max_iter + 1):
-            gnorm = g.flatten(1).norm(dim=1)
-            done = gnorm <= cfg.grad_tol
-            if bool((gnorm == 0).all()):
-                reason, converged = "zero gradient", True
-                break
-            if bool(done.all()):
-                reason, converged = f"||grad E|| <= {cfg.grad_tol:g}", True
-                break
-            if delta is not None:
-                res = energy.residual(u)
-                done = done | (res <= delta)
-                if bool((res <= delta).all()):
-                    reason, converged = "discrepancy principle ||A u - f|| <= delta", True
-                    break
-            if bool((done | stalled).all()):
-                reason, converged = "every sample converged or stalled", bool(done.all())
+            done, stop = _stopping(run)
+            if stop is not None:
+                reason, converged = stop
                 break
             if k == cfg.max_iter:
                 break
-            d = _direction(direction, u, g, energy)
-            if not isinstance(d, Tensor) or d.shape != u.shape:
-                raise ValueError(f"direction: expected a tensor of the shape of u "
-                                 f"{tuple(u.shape)}, got "
-                                 f"{tuple(d.shape) if isinstance(d, Tensor) else type(d)}")
-            d = d.to(u.dtype)
-            _finite("direction", d, k + 1)
-            slope = _dot(d, g)                           # <d^k, grad E(u^k)>
-            active = ~done & ~stalled & (slope > 0)
-            not_descent = ~done & ~stalled & (slope <= 0)
-            tau = torch.where(active, torch.full_like(e, tau_const or cfg.initial_step),
-                              torch.zeros_like(e))
-            backtracks = torch.zeros_like(e, dtype=torch.long)
-            u_new = u - _bcast(tau, u) * d               # eq. 5
-            e_new = energy.value(u_new)
-            if tau_const is None:
-                for _ in range(cfg.max_backtracks):
-                    # Algorithm 1, line 6: E(u^{k+1}) > E(u^k) - c tau <d^k, grad E(u^k)>
-                    bad = active & ~(e_new <= e - cfg.c * tau * slope)
-                    if not bool(bad.any()):
-                        break
-                    tau = torch.where(bad, tau * cfg.rho, tau)
-                    backtracks += bad.long()
-                    u_try = u - _bcast(tau, u) * d
-                    e_try = energy.value(u_try)
-                    u_new = torch.where(_bcast(bad, u), u_try, u_new)
-                    e_new = torch.where(bad, e_try, e_new)
-            failed = active & ~(e_new <= e - cfg.c * tau * slope) if tau_const is None \
-                else active & ~(e_new <= e)
-            keep = ~active | failed | ~torch.isfinite(e_new)
-            tau = torch.where(keep, torch.zeros_like(tau), tau)
-            u_new = torch.where(_bcast(keep, u), u, u_new)
-            e_new = torch.where(keep, e, e_new)
-            stalled = stalled | failed | not_descent
-            change = float((u_new - u).norm()) / x0n
-            u = u_new
-            e, g = energy.value_and_gradient(u)
-            if not bool(torch.isfinite(e).all()):
-                _finite("energy", e, k + 1)
-            _finite("gradient", g, k + 1)
-            if cfg.record_history:
-                residual = None
-                try:
-                    residual = float(energy.residual(u).pow(2).sum().sqrt())
-                except EnergyError:
-                    pass
-                hist.record(change, step=float(tau.mean()), energy=float(e.sum()),
-                            residual=residual, x=u if cfg.reference is not None else None,
-                            reference=cfg.reference, data_range=cfg.data_range,
-                            compute_ssim=cfg.compute_ssim, time=time.perf_counter() - t0,
-                            backtracks=backtracks.tolist(), tau=tau.tolist(),
-                            grad_norm=float(g.flatten(1).norm(dim=1).max()),
-                            line_search_failed=int(failed.sum()),
-                            not_descent=int(not_descent.sum()))
-        if bool(stalled.any()) and not converged:
-            reason += f"; {int(stalled.sum())} sample(s) stalled (line search failed or not " \
-                      f"a descent direction)"
+            _iterate(run, done, k)
+        if bool(run.stalled.any()) and not converged:
+            reason += f"; {int(run.stalled.sum())} sample(s) stalled (line search failed or " \
+                      f"not a descent direction)"
     finally:
         if was_training:
             direction.train()
-    return u, hist.finish(converged, reason)
+    return run.u, run.hist.finish(converged, reason)
 
 
 def gradient_descent(energy: Energy, u0: Tensor, config: DescentConfig | None = None,

@@ -7,12 +7,13 @@ two real channels (real, imaginary), as in deepinv.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..fidelity import L2, power_iteration
 
 __all__ = ["LinearOperator"]
 
@@ -53,7 +54,7 @@ class LinearOperator(torch.nn.Module):
 
     def gradient(self, x: Tensor, y: Tensor) -> Tensor:
         """``A^T (A x - y)``, the gradient of ``1/2 ||A x - y||^2`` in ``x``."""
-        return self.A_adjoint(self.A(x) - y)
+        return L2.grad(x, y, self)
 
     def data_fidelity(self, x: Tensor, y: Tensor) -> Tensor:
         """``1/2 ||A x - y||^2`` per batch element, shape ``(B,)``."""
@@ -87,19 +88,7 @@ class LinearOperator(torch.nn.Module):
                              f"in_shape=(C, H, W)")
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         v = torch.randn(shape, generator=gen, dtype=dtype).to(device)
-        v = v / v.norm()
-        lam = 0.0
-        for _ in range(n_iter):
-            w = self.A_adjoint(self.A(v))  # power iteration on A^T A
-            lam = float((v * w).sum())  # Rayleigh quotient <v, A^T A v> = ||A v||^2
-            w_norm = float(w.norm())
-            if w_norm == 0.0:
-                return 0.0
-            residual = float((w - lam * v).norm())  # ||A^T A v - lam v||
-            v = w / w_norm
-            if residual <= math.sqrt(tol) * abs(lam):
-                break
-        return lam
+        return power_iteration(lambda u: self.A_adjoint(self.A(u)), v, n_iter, tol)
 
     # ------------------------------------------------------------------ helpers
     def _device(self) -> torch.device:
