@@ -254,10 +254,13 @@ def _plot_ablation(path, payload, filters) -> None:
         ax.axhline(s["primal_objective_mean"], color="C3", ls="--",
                    label=f"primal, {filters} filters, converged")
         ax.set_xscale("log")
+        ax.set_xticks(ps, [str(q) for q in ps])
+        ax.minorticks_off()
         ax.set_xlabel("sampled sign patterns P")
         ax.set_ylabel("train objective per pixel (eq. 4 = eq. 2)")
         ax.set_title(f"sigma = {sigma}" + (f", crosses at P = {s['crossing_P']}"
-                                           if s["crossing_P"] else ""))
+                                           if s["crossing_P"] else
+                                           f", no crossing up to P = {max(ps)}"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

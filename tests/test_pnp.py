@@ -141,8 +141,10 @@ def test_pgd_with_convex_dual_denoiser(small_pair):
     assert hist.psnr[-1] == pytest.approx(psnr(x, clean, None))
     # the primal network (eq. 5) plugs in the same way
     primal = model.to_primal().double()
-    xp, hp = pnp_pgd(y, op, primal, PnPConfig(max_iter=3, relaxation=0.5, lipschitz=1.0))
+    xp, hp = pnp_pgd(y, op, primal, PnPConfig(max_iter=3, relaxation=0.5, lipschitz=1.0,
+                                               reference=clean))
     assert torch.isfinite(xp).all() and len(hp) == 3
+    assert hp.psnr[-1] > hp.psnr[0] + 0.5               # and deblurs too
 
 
 def test_data_prox_solves_the_normal_equations(blur_problem):

@@ -147,3 +147,23 @@ def test_errors(tmp_path, monkeypatch):
         load_levin_kernels()
     with pytest.raises(FileNotFoundError, match="no image files"):
         load_test_images("set5", root=tmp_path)
+
+
+@needs_shared
+def test_train400_loads_by_path_as_gray_unit_images(monkeypatch):
+    from convexnn.data import load_training_images
+
+    monkeypatch.setenv("CONVEXNN_SHARED_DATASETS", str(SHARED))
+    images = load_training_images("train400")
+    assert len(images) == 400
+    assert all(im.shape == (180, 180) and im.dtype == np.float64 for im in images)
+    assert min(float(im.min()) for im in images) >= 0.0
+    assert max(float(im.max()) for im in images) <= 1.0
+    assert np.std(images[0]) > 0.05                  # real images, not blanks
+
+
+def test_unknown_training_set_names_the_known_ones():
+    from convexnn.data import load_training_images
+
+    with pytest.raises(ValueError, match=r"expected one of \['train400'\], got 'bsd68'"):
+        load_training_images("bsd68")

@@ -32,6 +32,8 @@ __all__ = [
     "BART_DIR",
     "restoration_data_dir",
     "load_test_images",
+    "TRAINING_SETS",
+    "load_training_images",
     "load_levin_kernels",
     "load_mri_slices",
     "BartKspace",
@@ -43,6 +45,7 @@ __all__ = [
 
 RESTORATION_DIR_ENV = "CONVEXNN_RESTORATION_DIR"
 RESTORATION_SETS = ("set3c", "set5", "set14", "set12", "bsd68", "cbsd10")
+TRAINING_SETS = ("train400",)   # DnCNN's grayscale training set (400 BSDS crops, 180 x 180)
 LEVIN_DIR = "levin09_kernels"
 MRI_SLICES_DIR = "mri_brain_skimage"
 BART_DIR = "mri_brain_bart_pics"
@@ -121,6 +124,21 @@ def load_test_images(name: str, grayscale: bool = True, root: PathArg = None) ->
         raise FileNotFoundError(f"load_test_images: no image files ({', '.join(_IMAGE_SUFFIXES)})"
                                 f" in {folder}")
     return [_image_to_unit(p, grayscale) for p in files]
+
+
+def load_training_images(name: str = "train400", root: PathArg = None) -> list[np.ndarray]:
+    """A denoising training set as float64 gray images in [0, 1], in file-name order.
+
+    ``name`` is one of ``TRAINING_SETS``: ``train400``, the 400 gray 180 x 180 images DnCNN
+    (and TNRD before it) trains on, meant to be disjoint from the BSD68 test images. Never
+    shipped (its PROVENANCE.md): it loads by path like the test sets.
+    """
+    if not isinstance(name, str) or name.lower() not in TRAINING_SETS:
+        raise ValueError(f"load_training_images: name: expected one of {list(TRAINING_SETS)}, "
+                         f"got {name!r}")
+    folder = restoration_data_dir(name.lower(), root, must_contain="*.png")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    return [_image_to_unit(p, True) for p in files]
 
 
 def _levin_from_mat(path: Path) -> list[np.ndarray]:
