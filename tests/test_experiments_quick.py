@@ -479,3 +479,18 @@ def test_exact_solvers_quick(tmp_path, monkeypatch):
     runs = cell["ipm"]["wall_seconds_runs"]                 # sub-second: median of 5 cold runs
     assert len(runs) == 5 and cell["ipm"]["wall_seconds"] == pytest.approx(sorted(runs)[2])
     assert cell["ipm"]["speedup_vs_clarabel"] > 1.0
+
+
+@needs_shared
+def test_denoise_natural_quick(tmp_path, monkeypatch):  # 7 s (Train400 and Set12 are shared)
+    _load(EXPERIMENTS / "denoise_natural.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "denoise_natural_quick.json")
+    _png(tmp_path / "denoise_natural_quick.png")
+    run = d["sigma"]["25"]
+    assert run["fit"]["status"] == "optimal" and run["fit"]["gaps"]["certified_gap"] <= 1e-6
+    r = run["results"]["set12"]
+    assert len(r["convex"]["per_image_psnr"]) == 2
+    # every denoiser beats the noisy input (20.4 dB at sigma 25) by a margin
+    for method in ("convex", "tv"):
+        assert r[method]["psnr"] > r["noisy"]["psnr"] + 3.0, method
+    assert r["noisy"]["psnr"] == pytest.approx(20.4, abs=0.3)
