@@ -27,6 +27,7 @@ from skimage.restoration import denoise_tv_chambolle
 
 from convexnn import ConvexDualDenoiser, save_model
 from convexnn.data import load_test_images, load_training_images
+from convexnn.deep import GreedyConvexStack, GreedyStackConfig, UnrolledDenoiser, save_stack
 from experiments.common import RESULTS, timed_log, use_reference_data, write_json
 
 MODELS = Path(__file__).resolve().parents[1] / "convexnn" / "pretrained" / "models"
@@ -57,21 +58,35 @@ def scores(est: np.ndarray, clean: np.ndarray) -> tuple[float, float]:
             float(structural_similarity(clean, est, data_range=1.0)))
 
 
-def fit_convex(a, train: list[np.ndarray], sigma: float, log) -> tuple[ConvexDualDenoiser, dict]:
+def fit_convex(a, train: list[np.ndarray], sigma: float, log):
+    """Eq. 4 solved exactly on seeded Train400 patches: one residual block, or with
+    `--blocks B` a greedy stack (Sec. 4.3) whose every block is exact and residual."""
     clean = torch.from_numpy(patches(train, a.patches, a.patch_size, a.seed))[:, None]
     noisy = torch.from_numpy(noisy_of(clean.numpy(), sigma, a.seed + 1))
     beta = a.beta * clean.numel()
     t = time.perf_counter()
-    model = ConvexDualDenoiser(kernel_size=a.kernel, n_patterns=a.patterns, beta=beta,
-                               residual=True, seed=a.seed)
-    model.fit(noisy, clean, progress=not a.quiet)
+    if a.blocks > 1:
+        model = GreedyConvexStack(GreedyStackConfig(
+            n_blocks=a.blocks, kernel_size=a.kernel, n_patterns=a.patterns, beta=beta,
+            first_residual=True, solver=None, seed=a.seed))
+        model.fit(noisy, clean, progress=not a.quiet)
+        blocks = model.blocks_
+    else:
+        model = ConvexDualDenoiser(kernel_size=a.kernel, n_patterns=a.patterns, beta=beta,
+                                   residual=True, seed=a.seed)
+        model.fit(noisy, clean, progress=not a.quiet)
+        blocks = [model]
     secs = time.perf_counter() - t
-    gaps = {k: v for k, v in model.solve_info_.details.items()
-            if "gap" in k and isinstance(v, (int, float))}
-    info = {"status": model.solve_info_.status, "solver": model.solve_info_.solver,
-            "seconds": secs, "training_pixels": int(clean.numel()), "beta": beta,
-            "objective": model.objective_, "gaps": gaps}
-    log(f"sigma {sigma:g}: exact fit {secs:.0f} s, {info['status']}, gaps {gaps}")
+    per_block = [{k: v for k, v in b.solve_info_.details.items()
+                  if "gap" in k and isinstance(v, (int, float))} for b in blocks]
+    gaps = {"certified_gap": max(g.get("certified_gap", float("inf")) for g in per_block),
+            "per_block": per_block}
+    info = {"status": ",".join(sorted({b.solve_info_.status for b in blocks})),
+            "solver": blocks[0].solve_info_.solver, "seconds": secs, "n_blocks": len(blocks),
+            "training_pixels": int(clean.numel()), "beta": beta,
+            "objective": float(blocks[-1].objective_), "gaps": gaps}
+    log(f"sigma {sigma:g}: exact fit of {len(blocks)} block(s) {secs:.0f} s, {info['status']}, "
+        f"worst certified gap {gaps['certified_gap']:.2g}")
     return model, info
 
 
@@ -85,7 +100,7 @@ def tv_weight(train: list[np.ndarray], sigma: float) -> float:
     return float(best)
 
 
-def evaluate(a, name: str, sigma: float, net, weight: float, log) -> dict:
+def evaluate(a, name: str, sigma: float, net, weight: float, log, depths=()) -> dict:
     images = load_test_images(name)
     if a.max_images:
         images = images[:a.max_images]
@@ -99,6 +114,10 @@ def evaluate(a, name: str, sigma: float, net, weight: float, log) -> dict:
             est = net(torch.from_numpy(y)[None, None])[0, 0].numpy()
         secs["convex"] += time.perf_counter() - t
         rows["convex"].append(scores(est, x))
+        for b, partial in enumerate(depths):    # the stack's first b + 1 blocks
+            with torch.no_grad():
+                part = partial(torch.from_numpy(y)[None, None])[0, 0].numpy()
+            rows.setdefault(f"convex_depth{b + 1}", []).append(scores(part, x))
         t = time.perf_counter()
         rows["tv"].append(scores(denoise_tv_chambolle(y, weight=weight), x))
         secs["tv"] += time.perf_counter() - t
@@ -116,21 +135,30 @@ def evaluate(a, name: str, sigma: float, net, weight: float, log) -> dict:
     return out
 
 
-def save_pretrained(a, sigma: float, net, info: dict, results: dict) -> None:
-    name = f"gray-s{sigma:g}"
+def model_name(sigma: float, blocks: int) -> str:
+    return f"gray-s{sigma:g}" + (f"-deep{blocks}" if blocks > 1 else "")
+
+
+def save_pretrained(a, sigma: float, model, net, info: dict, results: dict) -> None:
+    name = model_name(sigma, a.blocks)
     MODELS.mkdir(parents=True, exist_ok=True)
-    save_model(net, MODELS / f"{name}.safetensors")
+    if a.blocks > 1:               # the dual blocks; pretrained.load rebuilds eq. 5 per block
+        save_stack(model, MODELS / f"{name}.safetensors")
+        n_filters = sum(b.n_filters for b in net.blocks)
+    else:
+        save_model(net, MODELS / f"{name}.safetensors")
+        n_filters = net.n_filters
     card = {
         "name": name, "sigma": sigma / 255.0, "firmly_nonexpansive": False,
-        "lipschitz_certificate": None, "kernel_size": a.kernel, "n_filters": net.n_filters,
-        "residual": True,
+        "lipschitz_certificate": None, "kernel_size": a.kernel, "n_filters": n_filters,
+        "residual": True, "n_blocks": a.blocks,
         "training_data": f"Train400 (DnCNN's gray set): {a.patches} random {a.patch_size} x "
                          f"{a.patch_size} patches, seed {a.seed}",
         "training_pixels": info["training_pixels"],
         "training_command": f"PYTHONPATH=. python experiments/denoise_natural.py --save-models "
                             f"--sigmas {sigma:g} --patches {a.patches} --patch-size "
                             f"{a.patch_size} --patterns {a.patterns} --kernel {a.kernel} "
-                            f"--beta {a.beta:g} --seed {a.seed}",
+                            f"--beta {a.beta:g} --blocks {a.blocks} --seed {a.seed}",
         "n_patterns": a.patterns, "beta_per_pixel": a.beta, "solver": info["solver"],
         "certified_gap": info["gaps"].get("certified_gap"),
         "fit_seconds": info["seconds"],
@@ -166,6 +194,35 @@ def plot(path: Path, payload: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    if payload["settings"]["blocks"] > 1:
+        plot_depth(path.with_name(path.stem + "_depth.png"), payload)
+
+
+def plot_depth(path: Path, payload: dict) -> None:
+    """Mean PSNR against the greedy stack's depth, TV and BM3D as horizontal lines."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = payload["settings"]["blocks"]
+    runs = [(s, name, r) for s, v in sorted(payload["sigma"].items(), key=lambda t: float(t[0]))
+            for name, r in v["results"].items()]
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.8), squeeze=False)
+    for ax, (s, name, r) in zip(axes[0], runs, strict=True):
+        ys = [r[f"convex_depth{b}"]["psnr"] for b in range(1, blocks)] + [r["convex"]["psnr"]]
+        ax.plot(range(1, blocks + 1), ys, "o-", label="convex greedy stack")
+        ax.set_xticks(range(1, blocks + 1))
+        for m, style in (("tv", "--"), ("bm3d", ":")):
+            if m in r:
+                ax.axhline(r[m]["psnr"], ls=style, color="k" if m == "tv" else "r", label=m)
+        ax.set_xlabel("depth (exact two-layer blocks)")
+        ax.set_ylabel("mean PSNR (dB)")
+        ax.set_title(f"{name}, sigma {s}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main(argv=None) -> dict:
@@ -177,6 +234,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--patterns", type=int, default=200)
     ap.add_argument("--kernel", type=int, default=5)
     ap.add_argument("--beta", type=float, default=1e-5, help="weight decay per training pixel")
+    ap.add_argument("--blocks", type=int, default=1,
+                    help="greedy stack depth (Sec. 4.3); every block exact and residual")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=0, help="first N test images (0: all)")
     ap.add_argument("--no-bm3d", action="store_true")
@@ -191,7 +250,7 @@ def main(argv=None) -> dict:
     use_reference_data()
     log = timed_log(a.quiet)
     train = load_training_images()
-    tag = "_quick" if a.quick else ""
+    tag = ("_quick" if a.quick else "") + (f"_deep{a.blocks}" if a.blocks > 1 else "")
     path = Path(a.out) / f"denoise_natural{tag}.json"
     payload = {"experiment": "denoise_natural", "settings": vars(a).copy(),
                "test_sets": a.sets, "sigma": {}}
@@ -202,11 +261,14 @@ def main(argv=None) -> dict:
     for sigma in a.sigmas:
         model, info = fit_convex(a, train, sigma, log)
         net = model.to_primal()
+        depths = [] if a.blocks == 1 else [UnrolledDenoiser.from_blocks(list(net.blocks[:b]))
+                                           for b in range(1, a.blocks)]
         weight = tv_weight(train, sigma)
-        results = {name: evaluate(a, name, sigma, net, weight, log) for name in a.sets}
+        results = {name: evaluate(a, name, sigma, net, weight, log, depths)
+                   for name in a.sets}
         payload["sigma"][f"{sigma:g}"] = {"fit": info, "tv_weight": weight, "results": results}
         if a.save_models:
-            save_pretrained(a, sigma, net, info, results)
+            save_pretrained(a, sigma, model, net, info, results)
         write_json(path, payload)                       # written per noise level
         plot(path.with_suffix(".png"), payload)
     return payload

@@ -494,3 +494,19 @@ def test_denoise_natural_quick(tmp_path, monkeypatch):  # 7 s (Train400 and Set1
     for method in ("convex", "tv"):
         assert r[method]["psnr"] > r["noisy"]["psnr"] + 3.0, method
     assert r["noisy"]["psnr"] == pytest.approx(20.4, abs=0.3)
+
+
+@needs_shared
+def test_denoise_natural_quick_greedy_stack(tmp_path, monkeypatch):  # 12 s
+    mod = _load(EXPERIMENTS / "denoise_natural.py", monkeypatch)
+    mod.main(_quick_args(tmp_path) + ["--blocks", "2"])
+    d = _json(tmp_path / "denoise_natural_quick_deep2.json")
+    _png(tmp_path / "denoise_natural_quick_deep2_depth.png")
+    fit = d["sigma"]["25"]["fit"]
+    assert fit["n_blocks"] == 2 and fit["status"] == "optimal"
+    assert len(fit["gaps"]["per_block"]) == 2 and fit["gaps"]["certified_gap"] <= 1e-6
+    r = d["sigma"]["25"]["results"]["set12"]
+    # depth 1 is a denoiser of its own; the whole stack is scored beside it
+    assert r["convex_depth1"]["psnr"] > r["noisy"]["psnr"] + 3.0
+    assert r["convex"]["psnr"] > r["noisy"]["psnr"] + 3.0
+    assert mod.model_name(25.0, 2) == "gray-s25-deep2" and mod.model_name(25.0, 1) == "gray-s25"

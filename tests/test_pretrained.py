@@ -32,7 +32,7 @@ def test_the_shipped_models_are_listed_with_their_noise_levels():
         assert card.certified_gap is not None and card.certified_gap <= 1e-6
 
 
-@pytest.mark.parametrize("name", ["gray-s15", "gray-s25", "gray-s50"])
+@pytest.mark.parametrize("name", pretrained.names())
 def test_load_gives_a_denoiser_that_keeps_the_policy(name):
     den = pretrained.load(name)
     assert isinstance(den, Denoiser) and den.card == pretrained.card(name)
@@ -44,6 +44,22 @@ def test_load_gives_a_denoiser_that_keeps_the_policy(name):
     assert not den.firmly_nonexpansive
 
 
+def test_a_shipped_stack_loads_as_its_chain_of_rebuilt_blocks():
+    deep = [n for n in pretrained.names() if pretrained.card(n).n_blocks > 1]
+    assert deep, "a greedy-stack model (gray-s25-deep4) is shipped"
+    for name in deep:
+        den = pretrained.load(name)
+        assert len(den.net.blocks) == den.card.n_blocks
+        assert den.card.n_filters == sum(b.n_filters for b in den.net.blocks)
+        x = torch.rand((1, 1, 16, 16), generator=torch.Generator().manual_seed(1),
+                       dtype=torch.float64)
+        with torch.no_grad():   # the chain is what the module computes
+            z = x
+            for block in den.net.blocks:
+                z = block(z)
+            np.testing.assert_allclose(den(x).numpy(), z.numpy(), atol=1e-12)
+
+
 def test_unknown_names_and_colour_inputs_get_clear_errors():
     with pytest.raises(ValueError, match=r"unknown model 'gray-s99'.*gray-s25"):
         pretrained.load("gray-s99")
@@ -53,7 +69,7 @@ def test_unknown_names_and_colour_inputs_get_clear_errors():
 
 
 @needs_shared
-@pytest.mark.parametrize("name", ["gray-s15", "gray-s25", "gray-s50"])
+@pytest.mark.parametrize("name", pretrained.names())
 def test_the_card_psnr_is_what_the_model_measures(name, monkeypatch):
     monkeypatch.setenv("CONVEXNN_SHARED_DATASETS", str(SHARED))
     from convexnn.data import load_test_images

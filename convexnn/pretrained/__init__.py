@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from convexnn.deep import UnrolledDenoiser, is_stack_file, load_stack
 from convexnn.io import load_model
 from convexnn.model.denoiser import Denoiser
 from convexnn.model.primal import TwoLayerConvDenoiser
@@ -57,11 +58,12 @@ class ModelCard:
     psnr: dict[str, dict[str, float]] = field(default_factory=dict)
     baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)   # per-image PSNRs a test re-measures
+    n_blocks: int = 1          # > 1: a greedy stack (Sec. 4.3) of exact residual blocks
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
         known = set(cls.__dataclass_fields__)
-        missing = known - set(d) - {"psnr", "baselines", "check"}
+        missing = known - set(d) - {"psnr", "baselines", "check", "n_blocks"}
         if missing:
             raise ValueError(f"model card: missing fields {sorted(missing)}")
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -71,9 +73,11 @@ class PretrainedDenoiser(Denoiser):
     """A shipped network: `J(x)` on one-channel images in [0, 1]; `card` says what it is.
 
     `J = (I + Q) / 2` with the shipped `Q` when the card is firmly nonexpansive, else the shipped
-    network itself (a residual two-layer network, Cor. 1.1)."""
+    network itself: a residual two-layer network (Cor. 1.1), or for `card.n_blocks > 1` the
+    chain of such blocks of a greedy stack (Sec. 4.3), each rebuilt by eq. 5 from its dual."""
 
-    def __init__(self, net: TwoLayerConvDenoiser, card: ModelCard, averaged: bool) -> None:
+    def __init__(self, net: TwoLayerConvDenoiser | UnrolledDenoiser, card: ModelCard,
+                 averaged: bool) -> None:
         super().__init__()
         self.net = net
         self.card = card
@@ -108,9 +112,18 @@ def load(name: str) -> PretrainedDenoiser:
     """A shipped model by name (`names()`), as a `Denoiser` with its `card`."""
     path = _path(name)
     c = card(name)
-    net = load_model(path)
-    if not isinstance(net, TwoLayerConvDenoiser):
-        raise ValueError(f"{path}: expected a saved primal network, got {type(net).__name__}")
+    if c.n_blocks > 1:
+        if not is_stack_file(path):
+            raise ValueError(f"{path}: the card says {c.n_blocks} blocks, expected a stack file")
+        net = load_stack(path).to_primal()
+        if len(net.blocks) != c.n_blocks:
+            raise ValueError(f"{path}: the card says {c.n_blocks} blocks, the file holds "
+                             f"{len(net.blocks)}")
+    else:
+        net = load_model(path)
+        if not isinstance(net, TwoLayerConvDenoiser):
+            raise ValueError(f"{path}: expected a saved primal network, got "
+                             f"{type(net).__name__}")
     return PretrainedDenoiser(net, c, averaged=c.firmly_nonexpansive)
 
 
