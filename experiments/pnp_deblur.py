@@ -143,6 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--dncnn-epochs", type=int, default=3)
     p.add_argument("--fne-penalty", type=float, default=1e-2)
     p.add_argument("--tv-weight", type=float, default=0.02)
+    p.add_argument("--pretrained", nargs="*", default=[],
+                   help="shipped convex denoisers (convexnn.pretrained names) to add, e.g. "
+                        "gray-s15 gray-s25-deep4")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
@@ -159,6 +163,14 @@ def main(argv: list[str] | None = None) -> dict:
     log = timed_log(args.quiet, t_start)
 
     den, train_info = train_denoisers(args, log)
+    for name in args.pretrained:       # shipped models: trained on Train400, exact, certified
+        from convexnn import pretrained
+
+        den[f"pretrained:{name}"] = pretrained.load(name)
+        card = pretrained.card(name)
+        train_info[f"pretrained:{name}"] = {"sigma": card.sigma, "n_blocks": card.n_blocks,
+                                            "certified_gap": card.certified_gap,
+                                            "training_pixels": card.training_pixels}
     kernels = load_levin_kernels()
     images = []
     for ds in args.datasets:
@@ -213,15 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
                 "final_rel_change_median": float(np.median([r["final_rel_change"] for r in sel])),
                 "monotone_fraction": float(np.mean([r["c_monotone_after_5"] for r in sel])),
                 "seconds_mean": float(np.mean([r["seconds"] for r in sel]))}
+    per_kernel = {name: {f"{ki} @ {sigma}": float(np.mean(
+        [r["psnr"] for r in rows if r["denoiser"] == name and r["kernel"] == ki
+         and r["noise"] == sigma])) for ki in args.kernels for sigma in args.noise}
+        for name in den}
     lip = lipschitz_estimates(den, torch.from_numpy(images[0][2][None, None].copy()))
     result = {"config": vars(args), "training": train_info, "summary": summary,
-              "lipschitz_estimates_at_test_image": lip, "runs": rows,
+              "psnr_per_kernel": per_kernel, "lipschitz_estimates_at_test_image": lip, "runs": rows,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "threads": torch.get_num_threads()},
               "seconds": time.perf_counter() - t_start}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "pnp_deblur_quick" if args.quick else "pnp_deblur"
+    stem = ("pnp_deblur_quick" if args.quick else "pnp_deblur") + args.tag
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     _plot(out / f"{stem}.png", curves, examples, summary)
     if not args.quiet:

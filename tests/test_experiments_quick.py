@@ -360,6 +360,18 @@ def test_pnp_deblur_quick(tmp_path, monkeypatch):  # 13.1 s
     assert est["Q"] <= cert * (1 + 1e-4) and est["J"] <= (1 + cert) / 2 * (1 + 1e-4)
 
 
+@needs_shared
+def test_pnp_deblur_quick_with_a_shipped_denoiser(tmp_path, monkeypatch):  # 14 s
+    _load(EXPERIMENTS / "pnp_deblur.py", monkeypatch).main(
+        _quick_args(tmp_path) + ["--pretrained", "gray-s15", "--tag", "_shipped"])
+    d = _json(tmp_path / "pnp_deblur_quick_shipped.json")
+    assert len(d["summary"]) == 8 and d["training"]["pretrained:gray-s15"]["n_blocks"] == 1
+    runs = {r["denoiser"]: r for r in d["runs"]}
+    _psnr(runs["pretrained:gray-s15"]["psnr"])
+    assert set(d["psnr_per_kernel"]["pretrained:gray-s15"]) == {"0 @ 0.01"}
+    assert d["psnr_per_kernel"]["tv"]["0 @ 0.01"] == pytest.approx(runs["tv"]["psnr"])
+
+
 def _podm(name: str, tmp_path: Path, monkeypatch) -> None:
     """podm_* with the committed denoiser cache copied in (else they retrain it, ~90 s)."""
     for suffix in (".pt", ".json"):
