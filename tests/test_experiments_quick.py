@@ -522,3 +522,18 @@ def test_denoise_natural_quick_greedy_stack(tmp_path, monkeypatch):  # 12 s
     assert r["convex_depth1"]["psnr"] > r["noisy"]["psnr"] + 3.0
     assert r["convex"]["psnr"] > r["noisy"]["psnr"] + 3.0
     assert mod.model_name(25.0, 2) == "gray-s25-deep2" and mod.model_name(25.0, 1) == "gray-s25"
+
+
+@needs_shared
+def test_denoise_capacity_quick(tmp_path, monkeypatch):  # 6 s
+    d = _load(EXPERIMENTS / "denoise_capacity.py", monkeypatch).main(_quick_args(tmp_path))
+    assert _json(tmp_path / "denoise_capacity_quick.json")["linear"] == d["linear"]
+    _png(tmp_path / "denoise_capacity_quick.png")
+    lin = {r["kernel"]: r["psnr"] for r in d["linear"]}
+    (cvx,) = d["convex"]
+    assert cvx["status"] == "optimal" and cvx["certified_gap"] <= 1e-6
+    # every filter denoises, and the exact 3 x 3 convex block is not far below the best linear
+    # 3 x 3 filter fitted on the same training pairs
+    for v in [*lin.values(), cvx["psnr"]]:
+        assert v > d["noisy_psnr"] + 2.0
+    assert cvx["psnr"] > lin[3] - 1.0
