@@ -41,6 +41,7 @@ from convexnn.model.patterns import (
 )
 from convexnn.model.primal import TwoLayerConvDenoiser
 from convexnn.model.problem import ConvexSolverError
+from convexnn.shrinkage import ConvexShrinkageDenoiser, ShrinkageConfig
 from convexnn.solve.adam.solver import AdamConfig
 from convexnn.solve.admm.solver import AdmmConfig
 from convexnn.solve.conic import CvxpyConfig, ProblemSizeError
@@ -51,6 +52,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConvexDualDenoiser",
+    "ConvexShrinkageDenoiser",
+    "ShrinkageConfig",
     "Denoiser",
     "TwoLayerConvDenoiser",
     "IpmConfig",

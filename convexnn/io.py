@@ -13,6 +13,8 @@ from safetensors.torch import load_file, save_file
 
 from convexnn.dual import ConvexDualDenoiser
 from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.model.shrinkage import ShrinkageNetwork
+from convexnn.shrinkage import ConvexShrinkageDenoiser
 
 __all__ = ["save_model", "load_model", "atomic_save_safetensors"]
 
@@ -38,10 +40,22 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
             os.unlink(tmp)
 
 
-def save_model(model: ConvexDualDenoiser | TwoLayerConvDenoiser, path: str | Path) -> Path:
-    """Save a fitted `ConvexDualDenoiser` or a `TwoLayerConvDenoiser` to `path` (.safetensors)."""
+Model = ConvexDualDenoiser | TwoLayerConvDenoiser | ShrinkageNetwork
+
+
+def save_model(model: Model | ConvexShrinkageDenoiser, path: str | Path) -> Path:
+    """Save a fitted `ConvexDualDenoiser`, a `TwoLayerConvDenoiser` or a shrinkage network (a
+    fitted `ConvexShrinkageDenoiser` saves its `network_`) to `path` (.safetensors)."""
     path = Path(path)
-    if isinstance(model, ConvexDualDenoiser):
+    if isinstance(model, ConvexShrinkageDenoiser):
+        if not hasattr(model, "network_"):
+            raise RuntimeError("save_model: the ConvexShrinkageDenoiser is not fitted")
+        model = model.network_
+    if isinstance(model, ShrinkageNetwork):
+        tensors = {"filters": model.filters, "knots": model.knots, "slopes": model.slopes}
+        header = {"kind": "shrinkage", "width": model.width,
+                  "smoothness_certificate": model.smoothness}
+    elif isinstance(model, ConvexDualDenoiser):
         model._check_fitted()
         tensors = {"generators": model.generators_, "v": model.v_, "w": model.w_}
         header = {"kind": "dual", "params": model.saved_params(),
@@ -52,13 +66,13 @@ def save_model(model: ConvexDualDenoiser | TwoLayerConvDenoiser, path: str | Pat
         tensors = {"conv1": model.conv1.weight, "conv2": model.conv2.weight.reshape(-1)}
         header = {"kind": "primal", "residual": model.residual}
     else:
-        raise TypeError(f"save_model: expected ConvexDualDenoiser or TwoLayerConvDenoiser, "
-                        f"got {type(model).__name__}")
+        raise TypeError(f"save_model: expected ConvexDualDenoiser, TwoLayerConvDenoiser or a "
+                        f"shrinkage network, got {type(model).__name__}")
     atomic_save_safetensors(tensors, path, {"format": _FORMAT, "header": json.dumps(header)})
     return path
 
 
-def load_model(path: str | Path) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
+def load_model(path: str | Path) -> Model:
     """Load a model written by `save_model` (safetensors: no code is ever unpickled)."""
     path = Path(path)
     if not path.is_file():
@@ -82,8 +96,10 @@ def load_model(path: str | Path) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
                          ) from None
 
 
-def _from_header(header: dict, tensors: dict[str, torch.Tensor]
-                 ) -> ConvexDualDenoiser | TwoLayerConvDenoiser:
+def _from_header(header: dict, tensors: dict[str, torch.Tensor]) -> Model:
+    if header["kind"] == "shrinkage":            # the certificate is recomputed, never trusted
+        return ShrinkageNetwork(tensors["filters"], tensors["knots"], float(header["width"]),
+                                tensors["slopes"])
     if header["kind"] == "primal":
         return TwoLayerConvDenoiser.from_weights(tensors["conv1"], tensors["conv2"],
                                                  bool(header["residual"]))

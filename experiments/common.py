@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["RESULTS", "use_reference_data", "write_json", "timed_log"]
+__all__ = ["RESULTS", "use_reference_data", "write_json", "timed_log", "portable_settings"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,3 +33,17 @@ def timed_log(quiet: bool, t_start: float | None = None) -> Callable[[str], None
         if not quiet:
             print(f"[{time.perf_counter() - t0:7.1f}s] {msg}", flush=True)
     return log
+
+
+def portable_settings(args) -> dict:
+    """The parsed arguments for a results file, with `out` relative to the repository when it
+    lies inside it (no machine's paths in committed results)."""
+    settings = dict(vars(args))
+    out = settings.get("out")
+    if out:
+        root = Path(__file__).resolve().parents[1]
+        try:
+            settings["out"] = str(Path(out).resolve().relative_to(root))
+        except ValueError:
+            settings["out"] = Path(out).name
+    return settings

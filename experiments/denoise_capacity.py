@@ -22,7 +22,13 @@ import torch.nn.functional as F
 
 from convexnn import ConvexDualDenoiser
 from convexnn.data import load_test_images, load_training_images
-from experiments.common import RESULTS, timed_log, use_reference_data, write_json
+from experiments.common import (
+    RESULTS,
+    portable_settings,
+    timed_log,
+    use_reference_data,
+    write_json,
+)
 from experiments.denoise_natural import noisy_of, patches, scores
 
 
@@ -93,7 +99,7 @@ def main(argv=None) -> dict:
     test = load_test_images("set12")[:a.n_test]
     clean = torch.from_numpy(patches(train, a.patches, a.patch_size, a.seed))[:, None]
     noisy = torch.from_numpy(noisy_of(clean.numpy(), a.sigma, a.seed + 1))
-    payload = {"experiment": "denoise_capacity", "settings": vars(a).copy(), "sigma": a.sigma,
+    payload = {"experiment": "denoise_capacity", "settings": portable_settings(a), "sigma": a.sigma,
                "n_test": len(test), "training_pixels": int(clean.numel()),
                "noisy_psnr": mean_psnr(lambda y: y, test, a.sigma), "linear": [], "convex": []}
     for k in a.linear_kernels:

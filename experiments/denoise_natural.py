@@ -28,7 +28,13 @@ from skimage.restoration import denoise_tv_chambolle
 from convexnn import ConvexDualDenoiser, save_model
 from convexnn.data import load_test_images, load_training_images
 from convexnn.deep import GreedyConvexStack, GreedyStackConfig, UnrolledDenoiser, save_stack
-from experiments.common import RESULTS, timed_log, use_reference_data, write_json
+from experiments.common import (
+    RESULTS,
+    portable_settings,
+    timed_log,
+    use_reference_data,
+    write_json,
+)
 
 MODELS = Path(__file__).resolve().parents[1] / "convexnn" / "pretrained" / "models"
 TV_WEIGHTS = (0.02, 0.04, 0.06, 0.08, 0.12, 0.16, 0.24, 0.32)
@@ -252,7 +258,7 @@ def main(argv=None) -> dict:
     train = load_training_images()
     tag = ("_quick" if a.quick else "") + (f"_deep{a.blocks}" if a.blocks > 1 else "")
     path = Path(a.out) / f"denoise_natural{tag}.json"
-    payload = {"experiment": "denoise_natural", "settings": vars(a).copy(),
+    payload = {"experiment": "denoise_natural", "settings": portable_settings(a),
                "test_sets": a.sets, "sigma": {}}
     if path.is_file():          # keep the other noise levels of an earlier run with these sets
         earlier = json.loads(path.read_text())

@@ -525,6 +525,24 @@ def test_denoise_natural_quick_greedy_stack(tmp_path, monkeypatch):  # 12 s
 
 
 @needs_shared
+def test_denoise_fne_quick(tmp_path, monkeypatch):  # 15 s
+    _load(EXPERIMENTS / "denoise_fne.py", monkeypatch).main(_quick_args(tmp_path))
+    d = _json(tmp_path / "denoise_fne_quick.json")
+    _png(tmp_path / "denoise_fne_quick.png")
+    run = d["sigma"]["25"]
+    fne, free = run["fit"]["fne"], run["fit"]["unconstrained"]
+    assert fne["firmly_nonexpansive"] and fne["lipschitz_certificate"] == 1.0
+    assert fne["smoothness_certificate"] <= 1.0 and fne["certified_gap"] <= 1e-3
+    assert free["certified_gap"] <= 1e-6 and free["objective_per_pixel"] <= fne[
+        "objective_per_pixel"]
+    r = run["results"]["set12"]
+    for method in ("fne", "fne_d4", "unconstrained", "tv", "convex_plain"):
+        assert r[method]["psnr"] > r["noisy"]["psnr"] + 3.0, method
+    assert len(r["fne"]["per_image_psnr"]) == 2
+    assert run["fit"]["dncnn"]["steps"] == 8 and "dncnn" in r
+
+
+@needs_shared
 def test_denoise_capacity_quick(tmp_path, monkeypatch):  # 6 s
     d = _load(EXPERIMENTS / "denoise_capacity.py", monkeypatch).main(_quick_args(tmp_path))
     assert _json(tmp_path / "denoise_capacity_quick.json")["linear"] == d["linear"]

@@ -26,10 +26,18 @@ def test_the_shipped_models_are_listed_with_their_noise_levels():
         card = pretrained.card(name)
         assert card.name == name
         assert card.sigma == pytest.approx(float(name.split("-s")[1].split("-")[0]) / 255)
-        assert card.training_pixels > 0 and "denoise_natural.py" in card.training_command
         assert card.firmly_nonexpansive == (card.lipschitz_certificate is not None
                                             and card.lipschitz_certificate <= 1)
-        assert card.certified_gap is not None and card.certified_gap <= 1e-6
+        if card.architecture == "two-layer":         # eq. 4 solved to a certified optimum
+            assert "denoise_natural.py" in card.training_command
+            assert card.certified_gap is not None and card.certified_gap <= 1e-6
+        else:                                        # the QP, scaled to a certified S <= 1
+            assert card.architecture == "gradient-shrinkage" and card.firmly_nonexpansive
+            assert "denoise_fne.py" in card.training_command
+            assert card.certified_gap is not None and card.certified_gap <= 1e-3
+        assert card.training_pixels >= (10 ** 6 if card.architecture != "two-layer" else 1)
+    fne = {n for n in names if pretrained.card(n).firmly_nonexpansive}
+    assert {"gray-s15-fne", "gray-s25-fne", "gray-s50-fne"} <= fne
 
 
 @pytest.mark.parametrize("name", pretrained.names())
@@ -41,7 +49,28 @@ def test_load_gives_a_denoiser_that_keeps_the_policy(name):
     with torch.no_grad():
         out = den(x)
     assert out.shape == x.shape and out.dtype == torch.float32
-    assert not den.firmly_nonexpansive
+    assert den.firmly_nonexpansive == den.card.firmly_nonexpansive
+
+
+@pytest.mark.parametrize("name", [n for n in pretrained.names()
+                                  if pretrained.card(n).firmly_nonexpansive])
+def test_the_fne_certificate_holds_against_power_iteration(name):
+    from convexnn.solvers.lipschitz import jacobian_spectral_norm
+
+    den = pretrained.load(name)       # load() recomputes the certificate from the weights
+    assert den.net.lipschitz_certificate == den.card.lipschitz_certificate == 1.0
+    assert den.net.smoothness <= 1.0
+    gen = torch.Generator().manual_seed(2)
+    smooth = torch.nn.functional.interpolate(torch.rand((2, 1, 8, 8), generator=gen,
+                                                        dtype=torch.float64), size=(32, 32))
+    x = smooth + den.card.sigma * torch.randn(smooth.shape, generator=gen, dtype=torch.float64)
+    est = jacobian_spectral_norm(den, x, n_iter=100, mode="Q")   # ||grad (2J - I)(x)||
+    assert 0.5 < est.value <= 1.0 + 1e-6
+    # flat regions put every band coefficient on the knot at 0: autograd must take one bin's
+    # slope there (a Clarke Jacobian), not the sum of the two bins that meet (2.13 if it did)
+    flat = torch.full((1, 1, 32, 32), 0.5, dtype=torch.float64)
+    flat[..., 16:] = 0.8
+    assert jacobian_spectral_norm(den, flat, n_iter=100, mode="Q").value <= 1.0 + 1e-6
 
 
 def test_a_shipped_stack_loads_as_its_chain_of_rebuilt_blocks():
@@ -85,5 +114,6 @@ def test_the_card_psnr_is_what_the_model_measures(name, monkeypatch):
             est = den(torch.from_numpy(y)[None, None])[0, 0].numpy()
         got.append(peak_signal_noise_ratio(x, np.clip(est, 0, 1), data_range=1.0))
         noisy_psnr = peak_signal_noise_ratio(x, np.clip(y, 0, 1), data_range=1.0)
-        assert got[-1] > noisy_psnr + 3.0          # it denoises
+        # it denoises (at sigma 5 / 255 even BM3D gains only about 4 dB)
+        assert got[-1] > noisy_psnr + (3.0 if den.card.sigma >= 10 / 255 else 1.5)
     np.testing.assert_allclose(got, check["per_image_psnr"], atol=1e-6)

@@ -5,10 +5,17 @@
     den = pretrained.load("gray-s25")   # a Denoiser: den(x, sigma=None) on (B, 1, H, W) in [0, 1]
     den.card                            # ModelCard: noise level, guarantees, data, command, PSNR
 
-Every model is the primal network rebuilt by eq. 5 from an exactly solved dual (eq. 4, the
-default `fit()` path, certified gap in the card), trained on the gray Train400 set (DnCNN's);
-`experiments/denoise_natural.py` regenerates each one with the seeded command in its card and
-measures the PSNR table. Loading reads tensors and JSON only (no pickle) and works offline.
+Two architectures, both trained exactly by a convex program on the gray Train400 set (DnCNN's):
+
+- `gray-s<sigma>` (and `-deep<B>` stacks): the residual two-layer ReLU network rebuilt by
+  eq. 5 from an exactly solved dual (eq. 4, the default `fit()` path, certified gap in the
+  card); `experiments/denoise_natural.py` regenerates them.
+- `gray-s<sigma>-fne`: the gradient-form shrinkage network `J = I - grad Phi` (Phi convex and
+  1-smooth, `convexnn.shrinkage`), trained by its convex QP; firmly nonexpansive by a
+  certificate recomputed from the weights at every load; `experiments/denoise_fne.py`.
+
+Each card holds the seeded command that regenerates the model and the measured PSNR table.
+Loading reads tensors and JSON only (no pickle) and works offline.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from convexnn.deep import UnrolledDenoiser, is_stack_file, load_stack
 from convexnn.io import load_model
 from convexnn.model.denoiser import Denoiser
 from convexnn.model.primal import TwoLayerConvDenoiser
+from convexnn.model.shrinkage import ShrinkageNetwork
 
 __all__ = ["ModelCard", "PretrainedDenoiser", "names", "card", "load", "MODELS_DIR"]
 
@@ -59,11 +67,12 @@ class ModelCard:
     baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)   # per-image PSNRs a test re-measures
     n_blocks: int = 1          # > 1: a greedy stack (Sec. 4.3) of exact residual blocks
+    architecture: str = "two-layer"   # or "gradient-shrinkage" (convexnn.shrinkage)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
         known = set(cls.__dataclass_fields__)
-        missing = known - set(d) - {"psnr", "baselines", "check", "n_blocks"}
+        missing = known - set(d) - {"psnr", "baselines", "check", "n_blocks", "architecture"}
         if missing:
             raise ValueError(f"model card: missing fields {sorted(missing)}")
         return cls(**{k: v for k, v in d.items() if k in known})
@@ -72,11 +81,13 @@ class ModelCard:
 class PretrainedDenoiser(Denoiser):
     """A shipped network: `J(x)` on one-channel images in [0, 1]; `card` says what it is.
 
-    `J = (I + Q) / 2` with the shipped `Q` when the card is firmly nonexpansive, else the shipped
-    network itself: a residual two-layer network (Cor. 1.1), or for `card.n_blocks > 1` the
-    chain of such blocks of a greedy stack (Sec. 4.3), each rebuilt by eq. 5 from its dual."""
+    The shipped network itself: a residual two-layer network (Cor. 1.1), for
+    `card.n_blocks > 1` the chain of such blocks of a greedy stack (Sec. 4.3), each rebuilt by
+    eq. 5 from its dual, or a gradient-form shrinkage network (`J = I - grad Phi`, certified
+    firmly nonexpansive). `averaged=True` serves `J = (I + Q) / 2` from a shipped `Q`."""
 
-    def __init__(self, net: TwoLayerConvDenoiser | UnrolledDenoiser, card: ModelCard,
+    def __init__(self, net: TwoLayerConvDenoiser | UnrolledDenoiser | ShrinkageNetwork,
+                 card: ModelCard,
                  averaged: bool) -> None:
         super().__init__()
         self.net = net
@@ -112,6 +123,17 @@ def load(name: str) -> PretrainedDenoiser:
     """A shipped model by name (`names()`), as a `Denoiser` with its `card`."""
     path = _path(name)
     c = card(name)
+    if c.architecture == "gradient-shrinkage":
+        net = load_model(path)
+        if not isinstance(net, ShrinkageNetwork):
+            raise ValueError(f"{path}: the card says a shrinkage network, the file holds "
+                             f"{type(net).__name__}")
+        if c.firmly_nonexpansive and not net.firmly_nonexpansive:
+            raise ValueError(f"{path}: the card says firmly nonexpansive, but the certificate "
+                             f"recomputed from the weights is {net.lipschitz_certificate}")
+        return PretrainedDenoiser(net, c, averaged=False)
+    if c.architecture != "two-layer":
+        raise ValueError(f"{path}: unknown architecture {c.architecture!r} in the card")
     if c.n_blocks > 1:
         if not is_stack_file(path):
             raise ValueError(f"{path}: the card says {c.n_blocks} blocks, expected a stack file")
