@@ -76,7 +76,8 @@ def train_dncnn(a, train: list[np.ndarray], sigma: float, log):
 
 def cached_bm3d(name: str, sigma: float) -> dict | None:
     """BM3D on the same noisy images (seeds 1000 + index) from an earlier denoise_natural run."""
-    for path in sorted(RESULTS.glob("denoise_natural*.json")):
+    for path in sorted(RESULTS.glob("denoise_natural*.json")) + sorted(
+            RESULTS.glob("denoise_fne*.json")):
         run = json.loads(path.read_text())
         res = run.get("sigma", {}).get(f"{sigma:g}", {}).get("results", {}).get(name, {})
         if "bm3d" in res and not run["settings"].get("max_images"):
@@ -112,8 +113,22 @@ def save_pretrained(a, sigma: float, model, info: dict, results: dict) -> str:
     return name
 
 
+def shipped(sigma: float, log):
+    """The shipped `gray-s<sigma>-fne` (certificate recomputed at load) in place of a fit."""
+    name = f"gray-s{sigma:g}-fne"
+    if name not in pretrained.names():
+        raise SystemExit(f"--from-pretrained: no shipped model {name!r}; shipped: "
+                         f"{pretrained.names()}")
+    model, card = pretrained.load(name), pretrained.card(name)
+    log(f"sigma {sigma:g}: shipped {name}, Lip(2J - I) <= {model.net.lipschitz_certificate:.4f}")
+    return model, {"shipped": name, "solver": card.solver, "certified_gap": card.certified_gap,
+                   "training_pixels": card.training_pixels, "seconds": card.fit_seconds,
+                   "lipschitz_certificate": model.net.lipschitz_certificate,
+                   "firmly_nonexpansive": model.net.firmly_nonexpansive}
+
+
 def run_sigma(a, train, sigma: float, log) -> dict:
-    model, info = fit(a, train, sigma, True, log)
+    model, info = shipped(sigma, log) if a.from_pretrained else fit(a, train, sigma, True, log)
     nets = {"fne": model}
     fits = {"fne": info}
     if a.ablation:
@@ -155,7 +170,7 @@ def run_sigma(a, train, sigma: float, log) -> dict:
 
 def shrinkage_curves(model, bands=(1, 7, 8, 24, 48)) -> dict:
     """The learned scalar maps of a few DCT bands: `s_j(z) = z - psi_j(z)` (what passes)."""
-    net = model.network_
+    net = model.network_ if hasattr(model, "network_") else model.net
     z = torch.linspace(-2.5 * float(net.knots.abs().max()), 2.5 * float(net.knots.abs().max()),
                        201, dtype=torch.float64)
     r = (z[:, None] - net.knots).clamp(0, net.width) - (-net.knots).clamp(0, net.width)
@@ -220,11 +235,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-images", type=int, default=0, help="first N test images (0: all)")
     ap.add_argument("--no-bm3d", action="store_true", help="never run BM3D (cached is used)")
     ap.add_argument("--save-models", action="store_true")
+    ap.add_argument("--from-pretrained", action="store_true",
+                    help="score the shipped gray-s<sigma>-fne models instead of fitting")
     ap.add_argument("--tag", default="", help="suffix of the output file names")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args(argv)
+    if a.from_pretrained and a.save_models:
+        ap.error("--from-pretrained scores the shipped models; it cannot be combined with "
+                 "--save-models")
     if a.quick:
         a.sigmas, a.sets, a.patches, a.patch_size, a.kernel, a.bins = [25.0], ["set12"], 4, 32, 3, 6
         a.max_images, a.no_bm3d, a.save_models, a.ablation = 2, True, False, True

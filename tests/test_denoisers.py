@@ -156,3 +156,26 @@ def test_train_denoiser_errors(mnist_digits):
         DnCNN(depth=1)
     with pytest.raises(ValueError, match="kernel_size"):
         DnCNN(kernel_size=4)
+
+
+def test_relaxed_keeps_the_certificate_of_a_firmly_nonexpansive_denoiser():
+    from convexnn import pretrained
+    from convexnn.solvers.denoisers import Relaxed
+
+    den = pretrained.load("gray-s10-fne")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand((6, 1, 20, 20), generator=gen, dtype=torch.float64)
+    y = x + 0.2 * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for alpha in (0.25, 0.6, 1.0):
+        j = Relaxed(den, alpha)
+        assert j.firmly_nonexpansive and j.lipschitz_certificate <= 1.0
+        with torch.no_grad():
+            assert torch.allclose(j(x), (1 - alpha) * x + alpha * den(x), atol=1e-12)
+            d = j(x) - j(y)
+        # ||J x - J y||^2 <= <J x - J y, x - y> on random pairs
+        assert torch.all((d ** 2).flatten(1).sum(1) <= (d * (x - y)).flatten(1).sum(1) + 1e-12)
+    assert Relaxed(torch.nn.Identity(), 0.5).lipschitz_certificate is None
+    with pytest.raises(ValueError, match="alpha"):
+        Relaxed(den, 0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        Relaxed(den, 1.5)

@@ -137,6 +137,33 @@ def test_power_iteration_never_exceeds_the_certificate(fitted):
     assert torch.all(lhs <= rhs + 1e-12)
 
 
+def test_the_potential_is_convex_and_its_gradient_is_the_residual(fitted):
+    noisy, _, fne, free = fitted
+    gen = torch.Generator().manual_seed(9)
+    x = (noisy[:3] + 0.2 * torch.randn(noisy[:3].shape, generator=gen,
+                                       dtype=torch.float64)).requires_grad_(True)
+    for model in (fne.network_, free.network_):
+        phi = model.potential(x)
+        assert phi.shape == (3,) and torch.all(phi >= 0)    # phi_j >= 0, phi_j(0) = 0
+        (grad,) = torch.autograd.grad(phi.sum(), x)
+        with torch.no_grad():
+            assert torch.allclose(grad, x - model(x), atol=1e-12, rtol=0)
+    # convex along random chords; |x|^2 / 2 - Phi convex too when S <= 1 (J is a prox)
+    a = torch.rand((6, 1, 16, 16), generator=gen, dtype=torch.float64)
+    b = torch.rand((6, 1, 16, 16), generator=gen, dtype=torch.float64)
+    net = fne.network_
+
+    def envelope(u):
+        return 0.5 * u.pow(2).flatten(1).sum(1) - net.potential(u)
+
+    for t in (0.25, 0.5, 0.75):
+        m = t * a + (1 - t) * b
+        assert torch.all(net.potential(m) <= t * net.potential(a) + (1 - t) * net.potential(b)
+                         + 1e-12)
+        assert torch.all(envelope(m) <= t * envelope(a) + (1 - t) * envelope(b) + 1e-12)
+    assert float(net.potential(torch.zeros(1, 1, 8, 8, dtype=torch.float64))) == 0.0
+
+
 def test_save_and_load_recompute_the_certificate(fitted, tmp_path):
     noisy, _, fne, _ = fitted
     path = save_model(fne, tmp_path / "fne.safetensors")

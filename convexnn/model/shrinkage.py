@@ -199,6 +199,28 @@ class ShrinkageNetwork(Denoiser):
         psi = start.reshape(-1)[flat] + c.reshape(-1)[flat] * frac
         return F.conv_transpose2d(psi, f, padding=p)
 
+    def potential(self, x: torch.Tensor) -> torch.Tensor:
+        """`Phi(x) = sum_j sum_pixels phi_j((C_j x)_p)` per image `(B,)`: the convex potential
+        whose gradient is `N = x - J(x)` (`phi_j(z) = sum_m c_jm R_m(z)`, `R_m' = r_m`,
+        `R_m(0) = 0`). `J` is then the gradient of the convex `|x|^2 / 2 - Phi(x)` (S <= 1),
+        i.e. a proximal operator, and RED with this J is gradient descent on `data + lam Phi`.
+        """
+        self.check_input(x, 1)
+        xc = self.compute_as(x, self.filters)
+        f = self.filters.to(xc.dtype)
+        z = F.conv2d(xc, f, padding=f.shape[-1] // 2)                   # (B, J, H, W)
+        w = self.width
+
+        def integral(u: torch.Tensor) -> torch.Tensor:    # int_{-inf}^u clip(s, 0, w) ds
+            return 0.5 * u.clamp(0.0, w) ** 2 + w * (u - w).clamp_min(0.0)
+
+        total = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        for m, t in enumerate(self.knots.tolist()):       # R_m(z) = Q(z - t) - Q(-t) - z r0
+            q0 = 0.5 * min(max(-t, 0.0), w) ** 2 + w * max(-t - w, 0.0)         # Q(-t)
+            r_m = integral(z - t) - q0 - z * min(max(-t, 0.0), w)
+            total = total + (self.slopes[:, m].to(z.dtype).view(1, -1, 1, 1) * r_m).sum((1, 2, 3))
+        return total.to(x.dtype)
+
     def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
         self.check_input(x, 1)
         xc = self.compute_as(x, self.filters)

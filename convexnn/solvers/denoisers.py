@@ -31,8 +31,8 @@ from torch import nn
 
 from convexnn.model.denoiser import Denoiser
 
-__all__ = ["Denoiser", "check_denoiser", "call_denoiser", "Rescaled", "Averaged", "Residual",
-           "TVDenoiser"]
+__all__ = ["Denoiser", "check_denoiser", "call_denoiser", "Rescaled", "Averaged", "Relaxed",
+           "Residual", "TVDenoiser"]
 
 
 def _accepts_sigma(fn) -> bool:
@@ -164,6 +164,35 @@ class Averaged(Denoiser):
         if not self.q_is_nonexpansive:
             return None
         return abs(1.0 - 2.0 * self.alpha) + 2.0 * self.alpha
+
+
+class Relaxed(Denoiser):
+    """`J_alpha = (1 - alpha) I + alpha J`: a weaker denoiser that keeps J's certificate.
+
+    `2 J_alpha - I = (1 - alpha) I + alpha (2 J - I)`, so
+    `Lip(2 J_alpha - I) <= (1 - alpha) + alpha Lip(2 J - I)`: for `0 < alpha <= 1` a firmly
+    nonexpansive J stays firmly nonexpansive. The strength knob for a model trained at one
+    noise level (e.g. a shipped `gray-s<sigma>-fne`) used at a lower one in PnP.
+    """
+
+    def __init__(self, denoiser, alpha: float) -> None:
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+                or not 0.0 < alpha <= 1.0:
+            raise ValueError(f"Relaxed: alpha: expected 0 < alpha <= 1, got {alpha!r}")
+        if not callable(denoiser):
+            raise TypeError(f"Relaxed: expected a denoiser(x, sigma=None), got "
+                            f"{type(denoiser).__name__}")
+        self.denoiser = denoiser
+        self.alpha = float(alpha)
+
+    def forward(self, x: torch.Tensor, sigma=None) -> torch.Tensor:
+        return (1.0 - self.alpha) * x + self.alpha * call_denoiser(self.denoiser, x, sigma)
+
+    @property
+    def lipschitz_certificate(self) -> float | None:
+        c = getattr(self.denoiser, "lipschitz_certificate", None)
+        return None if c is None else (1.0 - self.alpha) + self.alpha * float(c)
 
 
 class Residual(Denoiser):
