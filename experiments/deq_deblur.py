@@ -16,8 +16,16 @@ by checkpoint + resume) so that load on the shared machine hits both alike. Base
 blurred input, PnP-PGD (`convexnn.solvers.pnp`) with a TV prox (weight tuned on training crops) and
 with the convex denoiser D itself, and the untrained DEQ.
 
+``--pretrained gray-s15`` takes D from the shipped convex-trained two-layer denoisers
+(`convexnn.pretrained`, trained exactly on Train400) instead of the small dual fitted here;
+``--pnp-pretrained gray-s5-fne ...`` adds PnP-PGD rows with shipped denoisers (e.g. the
+certified firmly nonexpansive ones), recording whether c_k = ||x_k - x_{k-1}|| is
+nonincreasing after the first 5 iterations; ``--tag`` suffixes the output file names.
+
     PYTHONPATH=. python experiments/deq_deblur.py --quick
     PYTHONPATH=. python experiments/deq_deblur.py            # experiments/results/deq_deblur*
+    PYTHONPATH=. python experiments/deq_deblur.py --pretrained gray-s15 \
+        --pnp-pretrained gray-s5-fne gray-s10-fne --tag _pretrained
 """
 
 from __future__ import annotations
@@ -90,7 +98,9 @@ def fit_convex(args, train_images: list[np.ndarray]) -> tuple[ConvexDualDenoiser
 
 
 def run_pnp(physics, d: torch.Tensor, x: torch.Tensor, denoiser, iters: int) -> dict:
-    vals, its, reasons = [], [], []
+    """PnP-PGD per test image; `c_monotone_after_5` (as in experiments/pnp_deblur.py): is
+    c_k = ||x_k - x_{k-1}|| / ||x_0|| nonincreasing after the first 5 iterations."""
+    vals, its, reasons, mono = [], [], [], []
     for i in range(d.shape[0]):
         with torch.no_grad():
             out, hist = pnp_pgd(d[i:i + 1], physics, denoiser, PnPConfig(
@@ -98,8 +108,34 @@ def run_pnp(physics, d: torch.Tensor, x: torch.Tensor, denoiser, iters: int) -> 
         vals.append(out.clamp(0, 1))
         its.append(hist.n_iter)
         reasons.append(hist.stop_reason)
+        mono.append(bool(np.all(np.diff(np.asarray(hist.rel_change, dtype=np.float64)[5:])
+                                <= 1e-12)))
     return {"out": torch.cat(vals), "iterations": float(np.mean(its)),
-            "diverged": [r == "non-finite iterate" for r in reasons]}
+            "diverged": [r == "non-finite iterate" for r in reasons],
+            "c_monotone_after_5": mono, "monotone_fraction": float(np.mean(mono))}
+
+
+def shipped_card(name: str, parser: argparse.ArgumentParser, two_layer: bool = False):
+    """The card of a shipped model (`convexnn.pretrained`); `two_layer`: refuse any model that
+    is not one residual two-layer network (the architecture of the DEQ's D)."""
+    from convexnn import pretrained
+
+    if name not in pretrained.names():
+        parser.error(f"unknown shipped model {name!r}; the shipped models are "
+                     f"{pretrained.names()}")
+    def usable(c) -> bool:       # its `.net` is the D itself (not a stack, not Q of (I + Q)/2)
+        return c.architecture == "two-layer" and c.n_blocks == 1 and not c.firmly_nonexpansive
+
+    card = pretrained.card(name)
+    if two_layer and not usable(card):
+        kind = (f"architecture {card.architecture!r}" if card.architecture != "two-layer" else
+                f"a stack of {card.n_blocks} blocks" if card.n_blocks > 1 else
+                "served as the average (I + Q) / 2 of a shipped Q")
+        ok = [n for n in pretrained.names() if usable(pretrained.card(n))]
+        parser.error(f"--pretrained {name}: the DEQ's D must be one residual two-layer network "
+                     f"(TwoLayerConvDenoiser), but {name} is {kind}; use one of {ok} (shipped "
+                     f"models of other architectures can be PnP baselines: --pnp-pretrained)")
+    return card
 
 
 def run_deq(deq: DEQ, d: torch.Tensor, tol: float, max_iter: int) -> dict:
@@ -159,9 +195,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sigma-train", type=float, default=0.03)
     p.add_argument("--tv-weights", type=float, nargs="+", default=[0.001, 0.002, 0.005, 0.01, 0.02])
     p.add_argument("--pnp-iters", type=int, default=100)
+    p.add_argument("--pretrained", default=None, metavar="NAME",
+                   help="D = this shipped two-layer denoiser (convexnn.pretrained, e.g. gray-s15) "
+                        "instead of the convex dual fitted here")
+    p.add_argument("--pnp-pretrained", nargs="+", default=[], metavar="NAME",
+                   help="extra PnP-PGD baselines with shipped denoisers, e.g. gray-s5-fne "
+                        "gray-s10-fne")
+    p.add_argument("--tag", default="", help="suffix of the output file names")
     p.add_argument("--out", default="experiments/results")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    d_card = None if args.pretrained is None else shipped_card(args.pretrained, p, True)
+    pnp_cards = {name: shipped_card(name, p) for name in args.pnp_pretrained}
     if args.quick:
         args.epochs, args.n_train, args.patch, args.test_crop = 2, 16, 32, 48
         args.convex_patches, args.convex_size, args.patterns = 2, 12, 8
@@ -193,10 +238,22 @@ def main(argv: list[str] | None = None) -> dict:
     methods: dict[str, dict] = {"blurred input": {"out": d_test.clamp(0, 1)}}
 
     # ---------------------------------------------------------------- convex D, baselines
-    dual, convex_info = fit_convex(args, train_imgs)
-    primal = dual.to_primal()
-    log(f"convex dual fitted in {convex_info['seconds']:.1f}s "
-        f"({convex_info['filters_after_eq5']} filters)")
+    if d_card is None:
+        dual, convex_info = fit_convex(args, train_imgs)
+        primal = dual.to_primal()
+        log(f"convex dual fitted in {convex_info['seconds']:.1f}s "
+            f"({convex_info['filters_after_eq5']} filters)")
+        d_info = {"convex_dual": convex_info}
+    else:                        # the shipped network, trained exactly on Train400
+        from convexnn import pretrained
+
+        primal = pretrained.load(d_card.name).net
+        d_info = {"pretrained": {
+            "name": d_card.name, "sigma": d_card.sigma, "certified_gap": d_card.certified_gap,
+            "training_pixels": d_card.training_pixels, "training_data": d_card.training_data,
+            "kernel_size": d_card.kernel_size, "n_filters": d_card.n_filters}}
+        log(f"D = shipped {d_card.name} ({d_card.n_filters} filters of {d_card.kernel_size} x "
+            f"{d_card.kernel_size}, sigma {d_card.sigma * 255:g}/255)")
     tune = {}
     for w in args.tv_weights:
         r = run_pnp(physics, d_train[:4], x_train[:4], TVDenoiser(w), args.pnp_iters)
@@ -207,6 +264,16 @@ def main(argv: list[str] | None = None) -> dict:
     methods["PnP-PGD, convex D"] = run_pnp(physics, d_test, x_test,
                                           copy.deepcopy(primal).float().eval(), args.pnp_iters)
     log(f"PnP-PGD baselines done (TV weight tuned on 4 training crops: {tune})")
+    for name, card in pnp_cards.items():     # shipped denoisers, same crops and measurements
+        from convexnn import pretrained
+
+        row = run_pnp(physics, d_test, x_test, pretrained.load(name).eval(), args.pnp_iters)
+        row.update(sigma=card.sigma, architecture=card.architecture,
+                   firmly_nonexpansive=card.firmly_nonexpansive,
+                   lipschitz_certificate=card.lipschitz_certificate)
+        methods[f"PnP-PGD, {name}"] = row
+        log(f"PnP-PGD with shipped {name} done (c_k monotone on "
+            f"{sum(row['c_monotone_after_5'])}/{len(row['c_monotone_after_5'])})")
 
     # ---------------------------------------------------------------- the DEQs
     s0 = deq_network_from_convex(primal, "gradient", damping=args.damping, weight=args.weight,
@@ -248,14 +315,16 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {}
     for name, m in methods.items():
         summary[name] = scores(m["out"], x_test, groups)
-        for k in ("iterations", "converged_fraction", "diverged", "contraction_factor_test0",
+        for k in ("iterations", "converged_fraction", "diverged", "c_monotone_after_5",
+                  "monotone_fraction", "sigma", "architecture", "firmly_nonexpansive",
+                  "lipschitz_certificate", "contraction_factor_test0",
                   "seconds_per_epoch_median", "seconds_per_epoch_mean"):
             if k in m:
                 summary[name][k] = m[k]
     jfb, imp = methods["DEQ, trained with JFB"], methods["DEQ, trained implicit"]
     speedup = imp["seconds_per_epoch_median"] / jfb["seconds_per_epoch_median"]
     result = {
-        "data": DATA_NOTE, "config": vars(args), "convex_dual": convex_info,
+        "data": DATA_NOTE, "config": vars(args), **d_info,
         "tv_weight_tuning_psnr": {str(k): v for k, v in tune.items()},
         "test_images": {"bsd68_heldout": [f"test{61 + i:03d}.png" for i in range(n_test[0])],
                         "set12": [f"{i + 1:02d}.png" for i in range(n_test[1])]},
@@ -269,11 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": time.perf_counter() - t_start}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "deq_deblur_quick" if args.quick else "deq_deblur"
+    stem = ("deq_deblur_quick" if args.quick else "deq_deblur") + args.tag
     (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     _plot(out / f"{stem}.png", methods, x_test, d_test, result["training"], val0)
     print(f"\n{'method':<34}{'PSNR bsd68':>11}{'PSNR set12':>11}{'SSIM bsd68':>11}"
-          f"{'iters':>7}{'L(T)':>7}{'s/epoch':>9}")
+          f"{'iters':>7}{'L(T)':>7}{'c mono':>7}{'s/epoch':>9}")
     def num(v, fmt: str) -> str:
         return "diverged".rjust(11) if v is None else format(v, fmt)
 
@@ -283,6 +352,7 @@ def main(argv: list[str] | None = None) -> dict:
               + (f"{s['iterations']:7.1f}" if "iterations" in s else f"{'':7}")
               + (f"{s['contraction_factor_test0']:7.3f}" if "contraction_factor_test0" in s
                  else f"{'':7}")
+              + (f"{s['monotone_fraction']:7.2f}" if "monotone_fraction" in s else f"{'':7}")
               + (f"{s['seconds_per_epoch_median']:9.2f}" if "seconds_per_epoch_median" in s
                  else ""))
     print(f"\n{'training':<10}{'s/epoch':>9}{'fwd s':>8}{'bwd s':>8}{'fwd it':>8}{'bwd it':>8}"

@@ -343,6 +343,37 @@ def test_deq_deblur_quick(tmp_path, monkeypatch):  # 11.4 s
 
 
 @needs_shared
+def test_deq_deblur_quick_with_shipped_denoisers(tmp_path, monkeypatch):  # 16 s
+    module = _load(EXPERIMENTS / "deq_deblur.py", monkeypatch)
+    with pytest.raises(SystemExit):    # D must be one two-layer network: refused before any work
+        module.main(_quick_args(tmp_path) + ["--pretrained", "gray-s10-fne"])
+    module.main(_quick_args(tmp_path) + ["--pretrained", "gray-s15", "--pnp-pretrained",
+                                         "gray-s10-fne", "--tag", "_shipped"])
+    d = _json(tmp_path / "deq_deblur_quick_shipped.json")
+    _png(tmp_path / "deq_deblur_quick_shipped.png")
+    assert not (tmp_path / "deq_deblur_quick.json").exists()      # the tag kept apart
+    # D is the shipped network (its card recorded), not a dual fitted by the script
+    assert "convex_dual" not in d and d["config"]["pretrained"] == "gray-s15"
+    card = d["pretrained"]
+    assert card["name"] == "gray-s15" and card["sigma"] == pytest.approx(15 / 255)
+    assert card["n_filters"] == 400 and card["training_pixels"] > 0
+    _between(card["certified_gap"], 0.0, 1e-6)
+    summary = d["summary"]
+    blurred = summary["blurred input"]
+    fne = summary["PnP-PGD, gray-s10-fne"]
+    for method in ("DEQ, untrained (convex init)", "DEQ, trained with JFB",
+                   "DEQ, trained implicit", "PnP-PGD, gray-s10-fne"):
+        for test_set in ("bsd68_heldout", "set12"):
+            _psnr(summary[method][test_set]["psnr"])
+            assert summary[method][test_set]["psnr"] > blurred[test_set]["psnr"] + 0.3, method
+    # the certified FNE row: nonexpansive PnP-PGD step, so c_k = ||x_k - x_{k-1}|| cannot grow
+    assert fne["firmly_nonexpansive"] is True
+    _between(fne["lipschitz_certificate"], 0.0, 1.0 + 1e-9)
+    assert len(fne["c_monotone_after_5"]) == 2 and all(fne["c_monotone_after_5"])
+    assert fne["monotone_fraction"] == 1.0 and 0 < fne["iterations"] <= d["config"]["pnp_iters"]
+
+
+@needs_shared
 def test_pnp_deblur_quick(tmp_path, monkeypatch):  # 13.1 s
     _load(EXPERIMENTS / "pnp_deblur.py", monkeypatch).main(_quick_args(tmp_path))
     d = _json(tmp_path / "pnp_deblur_quick.json")
@@ -372,13 +403,14 @@ def test_pnp_deblur_quick_with_a_shipped_denoiser(tmp_path, monkeypatch):  # 14 
     assert d["psnr_per_kernel"]["tv"]["0 @ 0.01"] == pytest.approx(runs["tv"]["psnr"])
 
 
-def _podm(name: str, tmp_path: Path, monkeypatch) -> None:
-    """podm_* with the committed denoiser cache copied in (else they retrain it, ~90 s)."""
+def _podm(name: str, tmp_path: Path, monkeypatch, extra: tuple[str, ...] = ()) -> None:
+    """podm_* with the committed denoiser cache copied in (else they retrain it, ~90 s);
+    `extra`: further command-line arguments."""
     for suffix in (".pt", ".json"):
         cached = EXPERIMENTS / "results" / f"podm_dncnn{suffix}"
         if cached.is_file():
             shutil.copy(cached, tmp_path / cached.name)
-    _load(EXPERIMENTS / f"{name}.py", monkeypatch).main(_quick_args(tmp_path))
+    _load(EXPERIMENTS / f"{name}.py", monkeypatch).main(_quick_args(tmp_path) + list(extra))
 
 
 @needs_shared
@@ -398,22 +430,52 @@ def test_podm_sparse_sr_quick(tmp_path, monkeypatch):  # 8.1 s
 
 
 @needs_shared
-def test_podm_deblur_quick(tmp_path, monkeypatch):  # 7.1 s
-    _podm("podm_deblur", tmp_path, monkeypatch)
-    d = _json(tmp_path / "podm_deblur_quick.json")
-    _png(tmp_path / "podm_deblur_quick.png")
+def test_podm_deblur_quick(tmp_path, monkeypatch):  # 7.1 s (+3 s: a shipped denoiser)
+    _podm("podm_deblur", tmp_path, monkeypatch,
+          extra=("--pretrained", "gray-s25-fne", "--fne-alphas", "0.5", "1.0",
+                 "--tag", "_shipped"))
+    d = _json(tmp_path / "podm_deblur_quick_shipped.json")
+    _png(tmp_path / "podm_deblur_quick_shipped.png")
     assert d["denoiser"]["cached"] is True
     blurred = d["summary"]["blurred input"]["psnr"]
     _psnr(blurred)
-    for m in ("RPODM", "PODM (checked)", "PnP-PGD", "TV"):
+    shipped = ("PnP-PGD (pretrained:gray-s25-fne)", "RPODM (pretrained:gray-s25-fne)")
+    for m in ("RPODM", "PODM (checked)", "PnP-PGD", "TV", *shipped):
         _psnr(d["summary"][m]["psnr"])
         _between(d["summary"][m]["ssim"], 0.0, 1.0)
-        assert d["summary"][m]["psnr"] > blurred
+        _between(d["summary"][m]["monotone_fraction"], 0.0, 1.0)
+        assert d["summary"][m]["psnr"] > blurred, m
+        assert d["per_kernel_psnr"]["kernel 0"][m] == pytest.approx(d["summary"][m]["psnr"])
     (row,) = d["rows"]
     checked = row["PODM (checked)"]
     assert checked["n_accepted"] + checked["n_fallback"] <= checked["stages"]
     chosen = d["tuning"]["chosen"]
     assert chosen["mu"] in d["args"]["mu_grid"] and chosen["tv_weight"] in d["args"]["tv_grid"]
+    # the shipped model: its own mu and step from the same grids, its certificate, the
+    # PnP-FB conditions; firmly nonexpansive J and step < 2/L make the PnP-PGD map averaged,
+    # so c_k = ||x_k - x_{k-1}|| never increases
+    info = d["pretrained"]["pretrained:gray-s25-fne"]
+    assert info["firmly_nonexpansive"] is True and info["lipschitz_certificate"] <= 1.0
+    assert info["sigma"] == pytest.approx(25 / 255)
+    assert info["tuned"]["mu"] in d["args"]["mu_grid"]
+    assert info["tuned"]["pnp_step"] in d["args"]["step_grid"]
+    assert info["pnp_pgd"]["step"] < info["pnp_pgd"]["step_bound"] == pytest.approx(2.0)
+    assert info["pnp_pgd"]["convergence_guaranteed"] is True
+    # its strength: Relaxed(J, alpha), alpha per solver from --fne-alphas, certificate kept
+    for solver in ("PnP-PGD", "RPODM"):
+        assert info["tuned"]["alpha"][solver] in (0.5, 1.0)
+        relaxed = info["relaxed"][solver]
+        assert relaxed["alpha"] == info["tuned"]["alpha"][solver]
+        assert relaxed["firmly_nonexpansive"] is True and relaxed["lipschitz_certificate"] <= 1.0
+    assert set(info["psnr_grid_alpha"]["mu"]) == {"0.5", "1.0"}
+    pgd, rpodm = (row[m] for m in shipped)
+    assert pgd["stages"] == d["args"]["iters"] and rpodm["stages"] == d["args"]["stages"]
+    assert pgd["c_monotone_after_5"] is True
+    assert d["summary"][shipped[0]]["monotone_fraction"] == 1.0
+    assert d["methods"][shipped[1]] == {"solver": "RPODM", "denoiser": "pretrained:gray-s25-fne"}
+    assert d["args"]["out"] == tmp_path.name and "--tag _shipped" in d["command"]
+    # L = ||A||^2 used for the step bound is an upper bound of the blur's (kernel sum 1)
+    assert d["lipschitz"]["measured_max_over_kernels"] <= d["lipschitz"]["used"] + 1e-9
 
 
 # ----------------------------------------------------------------------------- benchmarks, growth
@@ -555,3 +617,45 @@ def test_denoise_capacity_quick(tmp_path, monkeypatch):  # 6 s
     for v in [*lin.values(), cvx["psnr"]]:
         assert v > d["noisy_psnr"] + 2.0
     assert cvx["psnr"] > lin[3] - 1.0
+
+
+@needs_shared
+def test_ed_pretrained_quick(tmp_path, monkeypatch):  # 25 s
+    d = _load_ed("ed_pretrained", monkeypatch).main(_quick_args(tmp_path))
+    _png(tmp_path / "ed_pretrained_quick.png")
+    assert _json(tmp_path / "ed_pretrained_quick.json")["experiment"] == "ed_pretrained"
+    fne = d["denoisers"]["gray-s5-fne"]
+    assert fne["firmly_nonexpansive"] and fne["lipschitz_certificate"] <= 1.0
+    sr = d["sr"]["table"]
+    assert set(sr) == {"gd", "gray-s5-fne", "dncnn", "dncnn-fne-penalty"}
+    for row in sr.values():                # Algorithm 1: E never increases, whatever D is
+        assert row["energy_monotone"] == 1.0
+        _psnr(row["psnr"])
+        _between(row["res2"], 0.0, 1.0)
+    for table in d["ct"]["table"].values():
+        for row in table.values():
+            assert row["energy_monotone"] == 1.0
+            _between(row["discrepancy_reached"], 0.0, 1.0)
+            assert row["best_psnr"] >= row["psnr"] - 1e-9
+
+
+@needs_shared
+def test_pnp_mri_quick(tmp_path, monkeypatch):  # 20 s
+    d = _load(EXPERIMENTS / "pnp_mri.py", monkeypatch).main(_quick_args(tmp_path))
+    _png(tmp_path / "pnp_mri_quick.png")
+    assert _json(tmp_path / "pnp_mri_quick.json")["experiment"] == "pnp_mri"
+    (run,) = d["runs"]
+    rows = run["rows"]
+    assert {"zero_filled", "gray-s5-fne", "dncnn"} <= set(rows)
+    for row in rows.values():
+        _psnr(row["psnr"])
+        _between(row["ssim"], -1.0, 1.0)
+    # the certified FNE model: better than zero filling, and c_k nonincreasing (an averaged
+    # iteration: Krasnoselskii-Mann), which holds by the certificate, not by luck
+    assert rows["gray-s5-fne"]["psnr"] > rows["zero_filled"]["psnr"] + 0.5
+    assert rows["gray-s5-fne"]["c_monotone_after_5"] is True
+    assert d["denoisers"]["gray-s5-fne"]["firmly_nonexpansive"] is True
+    # RED with J = I - grad Phi is gradient descent on 1/2 ||A x - y||^2 + lam Phi: E decreases
+    red_row = rows["red:gray-s5-fne"]
+    assert red_row["energy_monotone"] is True
+    assert red_row["energy_first_last"][1] < red_row["energy_first_last"][0]
