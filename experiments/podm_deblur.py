@@ -45,8 +45,8 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,8 +76,7 @@ SHIPPED_KEYS = ("mu", "pnp_step")   # tuned per shipped model, each jointly with
 DEFAULT_IMAGES, DEFAULT_KERNELS, DEFAULT_ALPHAS = 3, [0, 2, 4, 6], [1.0]
 
 
-@dataclass(frozen=True)
-class Method:
+class Method(NamedTuple):      # a NamedTuple: the module may be loaded outside sys.modules
     """One row of the table: ``solver`` (one of METHODS) with the denoiser ``denoiser``."""
 
     label: str
