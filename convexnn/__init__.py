@@ -9,6 +9,7 @@ iterative reconstruction solvers are `convexnn.solvers`.
 
 from convexnn.analysis.certificate import Certificate, certify
 from convexnn.analysis.gap import GapReport, gap_report
+from convexnn.cascade import CascadeConfig, ConvexShrinkageCascade
 from convexnn.deep import (
     GreedyConvexStack,
     GreedyStackConfig,
@@ -54,6 +55,8 @@ __all__ = [
     "ConvexDualDenoiser",
     "ConvexShrinkageDenoiser",
     "ShrinkageConfig",
+    "ConvexShrinkageCascade",
+    "CascadeConfig",
     "Denoiser",
     "TwoLayerConvDenoiser",
     "IpmConfig",

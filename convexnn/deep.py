@@ -56,7 +56,9 @@ STACK_FORMAT = "convexnn-stack-v1"
 class GreedyStackConfig:
     """Options of `GreedyConvexStack`. `beta`: one weight decay for every block or one per
     block. `residual`: blocks 2..B are residual (Cor. 1.1); `first_residual`: block 1 too.
-    `solver_config`: the solver's dataclass (`CvxpyConfig`, `AdamConfig`, `AdmmConfig`)."""
+    `solver`: None (default) takes each block's fastest exact path (`ConvexDualDenoiser.fit`:
+    the interior-point solver for the squared loss); or name one of `convexnn.solve.SOLVERS`.
+    `solver_config`: the solver's dataclass (`IpmConfig`, `CvxpyConfig`, `AdamConfig`, ...)."""
 
     n_blocks: int = 2
     kernel_size: int = 3
@@ -65,7 +67,7 @@ class GreedyStackConfig:
     loss: str = "squared"
     residual: bool = True
     first_residual: bool = False
-    solver: str = "cvxpy"
+    solver: str | None = None
     solver_config: Any = None
     seed: int = 0                 # block b (1-based) samples its generators with seed + b - 1
 
@@ -142,8 +144,9 @@ class GreedyConvexStack(Denoiser):
             zero = before if block.residual else float(loss(torch.zeros_like(y), y, "sum"))
             worse = float(block.objective_) > zero * (1 + 1e-6)
             if worse:
+                used = block.solve_info_.solver
                 warnings.warn(f"block {b + 1}: dual objective {float(block.objective_):.6g} is "
-                              f"above {zero:.6g}, the value of v = w = 0, so the {cfg.solver} "
+                              f"above {zero:.6g}, the value of v = w = 0, so the {used} "
                               f"solution is not optimal; train it longer or use an exact "
                               f"solver", RuntimeWarning, stacklevel=2)
             self.history_.append({"block": b + 1, "dual_objective": float(block.objective_),

@@ -11,7 +11,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from convexnn.cascade import ConvexShrinkageCascade
 from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.cascade import CascadeStage, ShrinkageCascade
 from convexnn.model.primal import TwoLayerConvDenoiser
 from convexnn.model.shrinkage import ShrinkageNetwork
 from convexnn.shrinkage import ConvexShrinkageDenoiser
@@ -40,18 +42,30 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
             os.unlink(tmp)
 
 
-Model = ConvexDualDenoiser | TwoLayerConvDenoiser | ShrinkageNetwork
+Model = ConvexDualDenoiser | TwoLayerConvDenoiser | ShrinkageNetwork | ShrinkageCascade
 
 
-def save_model(model: Model | ConvexShrinkageDenoiser, path: str | Path) -> Path:
-    """Save a fitted `ConvexDualDenoiser`, a `TwoLayerConvDenoiser` or a shrinkage network (a
-    fitted `ConvexShrinkageDenoiser` saves its `network_`) to `path` (.safetensors)."""
+def save_model(model: Model | ConvexShrinkageDenoiser | ConvexShrinkageCascade,
+               path: str | Path) -> Path:
+    """Save a fitted `ConvexDualDenoiser`, a `TwoLayerConvDenoiser`, a shrinkage network or a
+    shrinkage cascade (a fitted `ConvexShrinkageDenoiser` / `ConvexShrinkageCascade` saves its
+    `network_`) to `path` (.safetensors)."""
     path = Path(path)
-    if isinstance(model, ConvexShrinkageDenoiser):
+    if isinstance(model, (ConvexShrinkageDenoiser, ConvexShrinkageCascade)):
         if not hasattr(model, "network_"):
-            raise RuntimeError("save_model: the ConvexShrinkageDenoiser is not fitted")
+            raise RuntimeError(f"save_model: the {type(model).__name__} is not fitted")
         model = model.network_
-    if isinstance(model, ShrinkageNetwork):
+    if isinstance(model, ShrinkageCascade):
+        first = model.first
+        tensors = {"filters": first.filters, "knots": first.knots, "slopes": first.slopes}
+        for t, s in enumerate(model.stages, start=2):
+            tensors.update({f"stage{t}.filters": s.filters, f"stage{t}.knots": s.knots,
+                            f"stage{t}.slopes": s.slopes})
+        header = {"kind": "shrinkage-cascade", "width": first.width,
+                  "stage_widths": [s.width for s in model.stages],
+                  "stage_skips": [s.skip for s in model.stages],
+                  "smoothness_certificate": first.smoothness}
+    elif isinstance(model, ShrinkageNetwork):
         tensors = {"filters": model.filters, "knots": model.knots, "slopes": model.slopes}
         header = {"kind": "shrinkage", "width": model.width,
                   "smoothness_certificate": model.smoothness}
@@ -66,8 +80,8 @@ def save_model(model: Model | ConvexShrinkageDenoiser, path: str | Path) -> Path
         tensors = {"conv1": model.conv1.weight, "conv2": model.conv2.weight.reshape(-1)}
         header = {"kind": "primal", "residual": model.residual}
     else:
-        raise TypeError(f"save_model: expected ConvexDualDenoiser, TwoLayerConvDenoiser or a "
-                        f"shrinkage network, got {type(model).__name__}")
+        raise TypeError(f"save_model: expected ConvexDualDenoiser, TwoLayerConvDenoiser, a "
+                        f"shrinkage network or cascade, got {type(model).__name__}")
     atomic_save_safetensors(tensors, path, {"format": _FORMAT, "header": json.dumps(header)})
     return path
 
@@ -97,6 +111,14 @@ def load_model(path: str | Path) -> Model:
 
 
 def _from_header(header: dict, tensors: dict[str, torch.Tensor]) -> Model:
+    if header["kind"] == "shrinkage-cascade":    # stage 1's certificate is recomputed
+        first = ShrinkageNetwork(tensors["filters"], tensors["knots"], float(header["width"]),
+                                 tensors["slopes"])
+        stages = [CascadeStage(tensors[f"stage{t}.filters"], tensors[f"stage{t}.knots"],
+                               float(w), tensors[f"stage{t}.slopes"], float(a))
+                  for t, (w, a) in enumerate(zip(header["stage_widths"], header["stage_skips"],
+                                                 strict=True), start=2)]
+        return ShrinkageCascade(first, stages)
     if header["kind"] == "shrinkage":            # the certificate is recomputed, never trusted
         return ShrinkageNetwork(tensors["filters"], tensors["knots"], float(header["width"]),
                                 tensors["slopes"])

@@ -33,6 +33,15 @@ def run_settings(a) -> dict:
 def add_denoiser_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--sigmas", type=float, nargs="+", default=[5.0, 10.0, 15.0],
                     help="denoiser noise levels on [0, 255]")
+    add_dncnn_arguments(ap)
+    ap.add_argument("--bm3d-sigmas", type=float, nargs="*", default=None,
+                    help="BM3D's noise levels (default: --sigmas)")
+    ap.add_argument("--no-bm3d", action="store_true")
+    ap.add_argument("--no-tv", action="store_true")
+
+
+def add_dncnn_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of `train_dncnn` (and the seed)."""
     ap.add_argument("--dncnn-sigma", type=float, default=5.0,
                     help="noise level of the two DnCNNs trained here (0: none)")
     ap.add_argument("--dncnn-depth", type=int, default=5)
@@ -42,11 +51,26 @@ def add_denoiser_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--fne-penalty", type=float, default=1e-2)
     ap.add_argument("--dncnn-cache", default=None,
                     help="folder that caches the two DnCNNs (state dicts) between runs")
-    ap.add_argument("--bm3d-sigmas", type=float, nargs="*", default=None,
-                    help="BM3D's noise levels (default: --sigmas)")
-    ap.add_argument("--no-bm3d", action="store_true")
-    ap.add_argument("--no-tv", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+
+
+def check_shipped_arguments(p: argparse.ArgumentParser, names: list[str], alphas: list[float],
+                            tag: str, alpha_flag: str = "--fne-alphas") -> None:
+    """`p.error` on an unknown or repeated shipped model name, an alpha outside (0, 1] (where
+    `Relaxed(J, alpha)` keeps a firmly nonexpansive J so), a repeated alpha, or a path as tag."""
+    unknown = [n for n in names if n not in pretrained.names()]
+    if unknown:
+        p.error(f"--pretrained: unknown {unknown}; the shipped models are {pretrained.names()}")
+    if len(set(names)) != len(names):
+        p.error(f"--pretrained: a name is repeated in {names}")
+    bad = [a for a in alphas if not 0.0 < a <= 1.0]
+    if bad:
+        p.error(f"{alpha_flag}: every alpha must satisfy 0 < alpha <= 1 (Relaxed(J, alpha) = "
+                f"(1 - alpha) I + alpha J keeps J firmly nonexpansive only there); got {bad}")
+    if len(set(alphas)) != len(alphas):
+        p.error(f"{alpha_flag}: a value is repeated in {alphas}")
+    if "/" in tag or "\\" in tag:
+        p.error(f"--tag: a file name suffix, not a path: {tag!r}")
 
 
 class BM3DDenoiser(Denoiser):

@@ -61,6 +61,7 @@ from convexnn.solvers.pnp import PnPConfig, pnp_pgd
 from convexnn.solvers.podm import PODMConfig, podm
 from convexnn.solvers.prox import SparseBox
 from experiments.common import portable_settings, timed_log, use_reference_data
+from experiments.plugin_denoisers import check_shipped_arguments
 
 METHODS = ("RPODM", "PODM (checked)", "PnP-PGD", "TV")   # the rows with the DnCNN (and TV)
 PRETRAINED_SOLVERS = ("PnP-PGD", "RPODM")                # the rows of each shipped denoiser
@@ -329,19 +330,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true",
                    help="no progress lines or tables (the JSON and PNG are still written)")
     args = p.parse_args(argv)
-    unknown = [n for n in args.pretrained if n not in pretrained.names()]
-    if unknown:
-        p.error(f"--pretrained: unknown {unknown}; the shipped models are {pretrained.names()}")
-    if len(set(args.pretrained)) != len(args.pretrained):
-        p.error(f"--pretrained: a name is repeated in {args.pretrained}")
-    bad = [a for a in args.fne_alphas if not 0.0 < a <= 1.0]
-    if bad:
-        p.error(f"--fne-alphas: every alpha must satisfy 0 < alpha <= 1 (Relaxed(J, alpha) = "
-                f"(1 - alpha) I + alpha J keeps J firmly nonexpansive only there); got {bad}")
-    if len(set(args.fne_alphas)) != len(args.fne_alphas):
-        p.error(f"--fne-alphas: a value is repeated in {args.fne_alphas}")
-    if "/" in args.tag or "\\" in args.tag:
-        p.error(f"--tag: a file name suffix, not a path: {args.tag!r}")
+    check_shipped_arguments(p, args.pretrained, args.fne_alphas, args.tag)
     if args.quick:
         args.images, args.kernels, args.crop, args.stages, args.iters = 1, [0], 64, 8, 20
         args.mu_grid, args.tv_grid, args.step_grid = [0.03, 0.1], [0.001, 0.004], [1.9]

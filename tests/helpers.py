@@ -53,3 +53,13 @@ def gaussian_kernel(size: int = 5, s: float = 1.0) -> torch.Tensor:
     g = torch.exp(-(torch.arange(size, dtype=torch.float64) - size // 2) ** 2 / (2 * s * s))
     k = g[:, None] * g[None]
     return k / k.sum()
+
+
+def piecewise_smooth_pairs(n: int = 6, size: int = 16, seed: int = 0, sigma: float = 0.1):
+    """Piecewise-smooth images (blocks + a ramp) and seeded Gaussian noise: (noisy, clean)."""
+    gen = torch.Generator().manual_seed(seed)
+    blocks = torch.rand((n, 1, size // 4, size // 4), generator=gen, dtype=torch.float64)
+    clean = F.interpolate(blocks, scale_factor=4, mode="nearest")
+    clean = 0.7 * clean + 0.3 * torch.linspace(0, 1, size, dtype=torch.float64)
+    noisy = clean + sigma * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+    return noisy, clean

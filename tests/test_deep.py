@@ -32,10 +32,16 @@ def stack(small_pair):
     return GreedyConvexStack(n_blocks=3, n_patterns=6, beta=BETA, seed=1).fit(noisy, clean)
 
 
-def test_greedy_depth_relation_with_cvxpy(stack, small_pair):
+def test_greedy_depth_relation_on_the_default_exact_path(stack, small_pair):
     noisy, clean = small_pair
     h = stack.history_
     assert [r["status"] for r in h] == ["optimal"] * 3
+    # the default takes the fastest exact path (ipm); CVXPY + Clarabel agrees on block 1
+    assert [b.solve_info_.details["solver_choice"]["solver"] for b in stack.blocks_] == \
+        ["ipm"] * 3
+    ref = GreedyConvexStack(n_blocks=1, n_patterns=6, beta=BETA, seed=1, solver="cvxpy")
+    ref.fit(noisy, clean)
+    assert ref.history_[0]["dual_objective"] == pytest.approx(h[0]["dual_objective"], rel=1e-5)
     for prev, cur in zip(h, h[1:], strict=False):
         # residual block b: v = w = 0 is feasible, so its optimum is <= the previous data loss
         assert cur["data_loss_before"] == pytest.approx(prev["data_loss_after"], rel=1e-12)

@@ -659,3 +659,103 @@ def test_pnp_mri_quick(tmp_path, monkeypatch):  # 20 s
     red_row = rows["red:gray-s5-fne"]
     assert red_row["energy_monotone"] is True
     assert red_row["energy_first_last"][1] < red_row["energy_first_last"][0]
+
+
+@needs_shared
+def test_podm_sparse_sr_quick_with_a_shipped_denoiser(tmp_path, monkeypatch):  # 10 s
+    _podm("podm_sparse_sr", tmp_path, monkeypatch,
+          extra=("--pretrained", "gray-s5-fne", "--fne-alphas", "0.5", "1.0",
+                 "--tag", "_shipped"))
+    d = _json(tmp_path / "podm_sparse_sr_quick_shipped.json")
+    _png(tmp_path / "podm_sparse_sr_quick_shipped.png")
+    text = (tmp_path / "podm_sparse_sr_quick_shipped.json").read_text()
+    assert str(tmp_path) not in text and str(REPO) not in text      # no machine paths
+    assert d["denoiser"]["cached"] is True
+    key = "pretrained:gray-s5-fne"
+    rpodm, checked = f"RPODM ({key})", f"PODM (checked) ({key})"
+    assert d["methods"][rpodm] == {"solver": "RPODM", "denoiser": key}
+    assert d["methods"][checked] == {"solver": "PODM (checked)", "denoiser": key}
+    assert len(d["results"]) == 4 and set(d["summary"]["rows"]) == {"x2", "x4"}
+    for r in d["results"]:
+        for m in ("RPODM", rpodm, checked, "FISTA"):
+            _psnr(r[m]["psnr"])
+            _between(r[m]["ssim"], 0.0, 1.0)
+            assert r[m]["psnr"] > max(15.0, r["x0"]["psnr"]), m
+            assert r[m]["stages"] == d["args"]["stages"] and r[m]["seconds"] > 0
+            assert isinstance(r[m]["c_monotone_after_5"], bool)
+        # the shipped model puts detail into the null space of S that the data cannot:
+        # RPODM clearly beats nearest-neighbour upsampling (= every critical point of Phi)
+        assert r[rpodm]["psnr"] > r["nearest"]["psnr"] + 0.5, (r["image"], r["scale"])
+        # the checked PODM keeps Phi monotone whatever the network does (Prop. 1 + eq. 6)
+        _non_increasing(r[checked]["curves"]["energy"])
+        assert r[checked]["n_accepted"] + r[checked]["n_fallback"] == d["args"]["stages"]
+    for row in d["summary"]["rows"].values():
+        _between(row[rpodm]["monotone_fraction"], 0.0, 1.0)
+        assert row[rpodm]["psnr"] > row["nearest"]["psnr"]
+    # its card, the tuned strength and mu from the grids, the relaxed certificate
+    info = d["pretrained"][key]
+    assert info["firmly_nonexpansive"] is True and info["lipschitz_certificate"] <= 1.0
+    assert info["sigma"] == pytest.approx(5 / 255)
+    assert info["tuned"]["alpha"] in (0.5, 1.0) and info["tuned"]["mu"] in d["args"]["mu_grid"]
+    grid = info["psnr_grid_alpha"]
+    assert set(grid) == {"0.5", "1.0"} and all(len(g) == len(d["args"]["mu_grid"])
+                                               for g in grid.values())
+    best = grid[str(info["tuned"]["alpha"])][str(info["tuned"]["mu"])]
+    assert best == max(v for g in grid.values() for v in g.values())
+    assert info["relaxed"]["alpha"] == info["tuned"]["alpha"]
+    assert info["relaxed"]["firmly_nonexpansive"] is True
+    assert info["relaxed"]["lipschitz_certificate"] <= 1.0
+    assert d["tuning"]["scale"] == 4 and d["tuning"]["dncnn"]["mu"] in d["args"]["mu_grid"]
+    assert d["args"]["out"] == tmp_path.name and "--tag _shipped" in d["command"]
+
+
+@needs_shared
+def test_pnp_solvers_deblur_quick(tmp_path, monkeypatch):  # 15 s
+    mod = _load(EXPERIMENTS / "pnp_solvers_deblur.py", monkeypatch)
+    d = mod.main(_quick_args(tmp_path) + ["--pretrained", "gray-s5-fne"])
+    _png(tmp_path / "pnp_solvers_deblur_quick.png")
+    assert _json(tmp_path / "pnp_solvers_deblur_quick.json")["complete"] is True
+    s = d["summary"]
+    solvers = ("PGD", "ADMM", "HQS", "DRS", "RED")
+    assert set(s) == {f"{v} x {n}" for v in solvers for n in ("gray-s5-fne", "tv")} | {
+        "ADMM x bm3d", "HQS x bm3d"}
+    assert len(d["rows"]) == 2 and {r["set"] for r in d["rows"]} == {"set12", "bsd68"}
+    for lab, row in s.items():
+        _psnr(row["psnr"])
+        # (BM3D runs 3 iterations in --quick)
+        assert row["psnr"] > d["blurred_psnr"] + (0.5 if row["denoiser"] == "bm3d" else 1.0), lab
+        # certified FNE denoisers (the relaxed -fne model, TV's exact prox) carry the theorem;
+        # BM3D does not
+        assert row["convergence_guaranteed"] is (row["denoiser"] != "bm3d"), lab
+        chosen = d["tuning"]["chosen"][lab]
+        grid = {"gray-s5-fne": d["args"]["alphas"], "tv": d["args"]["tv_weights"],
+                "bm3d": d["args"]["bm3d_sigmas"]}[row["denoiser"]]
+        assert chosen["strength"] in grid
+    for lab in ("ADMM x gray-s5-fne", "DRS x gray-s5-fne", "PGD x gray-s5-fne"):
+        assert s[lab]["monotone_fraction"] == 1.0, lab      # averaged iterations: c_k monotone
+    vs = d["best_vs_tv"]["gray-s5-fne"]
+    assert vs["tv_psnr"] == max(v["psnr"] for v in s.values() if v["denoiser"] == "tv")
+    assert set(vs["kernels_at_least_tv"]) <= set(vs["kernels"]) == {"0"}
+
+
+@needs_shared
+def test_denoise_cascade_quick(tmp_path, monkeypatch):  # 15 s (Train400 and Set12 are shared)
+    d = _load(EXPERIMENTS / "denoise_cascade.py", monkeypatch).main(_quick_args(tmp_path))
+    _png(tmp_path / "denoise_cascade_quick.png")
+    run = _json(tmp_path / "denoise_cascade_quick.json")["sigma"]["25"]
+    assert run == json.loads(json.dumps(d["sigma"]["25"]))
+    assert run["first_stage"] == "gray-s25-fne"
+    for rec in run["history"]:          # each stage: the exact LS optimum, below doing nothing
+        assert rec["normal_residual"] < 1e-8
+        assert rec["objective_after"] < rec["objective_before"]
+        assert rec["training_pixels"] == 40 * 48 * 48
+    by_depth = run["results"]["set12"]["psnr_by_depth"]
+    assert len(by_depth) == 3
+    for p in by_depth:
+        _psnr(p)
+    # depth 1 is the shipped certified model: its card's check PSNRs on the same images
+    from convexnn import pretrained
+
+    check = pretrained.card("gray-s25-fne").check["per_image_psnr"][:2]
+    assert by_depth[0] == pytest.approx(float(np.mean(check)), abs=1e-6)
+    assert by_depth[1] > by_depth[0] + 0.5      # the skip stage adds detail back (measured +1.3)

@@ -31,6 +31,10 @@ def test_the_shipped_models_are_listed_with_their_noise_levels():
         if card.architecture == "two-layer":         # eq. 4 solved to a certified optimum
             assert "denoise_natural.py" in card.training_command
             assert card.certified_gap is not None and card.certified_gap <= 1e-6
+        elif card.architecture == "shrinkage-cascade":   # certified stage 1, exact LS stages
+            assert "denoise_cascade.py" in card.training_command and card.n_blocks >= 2
+            assert not card.firmly_nonexpansive and card.lipschitz_certificate is None
+            assert card.certified_gap is not None and card.certified_gap <= 1e-3
         else:                                        # the QP, scaled to a certified S <= 1
             assert card.architecture == "gradient-shrinkage" and card.firmly_nonexpansive
             assert "denoise_fne.py" in card.training_command
@@ -74,7 +78,8 @@ def test_the_fne_certificate_holds_against_power_iteration(name):
 
 
 def test_a_shipped_stack_loads_as_its_chain_of_rebuilt_blocks():
-    deep = [n for n in pretrained.names() if pretrained.card(n).n_blocks > 1]
+    deep = [n for n in pretrained.names() if pretrained.card(n).n_blocks > 1
+            and pretrained.card(n).architecture == "two-layer"]
     assert deep, "a greedy-stack model (gray-s25-deep4) is shipped"
     for name in deep:
         den = pretrained.load(name)
@@ -87,6 +92,28 @@ def test_a_shipped_stack_loads_as_its_chain_of_rebuilt_blocks():
             for block in den.net.blocks:
                 z = block(z)
             np.testing.assert_allclose(den(x).numpy(), z.numpy(), atol=1e-12)
+
+
+def test_a_shipped_cascade_starts_from_the_certified_model_and_chains_its_stages():
+    cascades = [n for n in pretrained.names()
+                if pretrained.card(n).architecture == "shrinkage-cascade"]
+    assert cascades, "a shrinkage cascade (gray-s25-cascade4) is shipped"
+    x = torch.rand((1, 1, 24, 24), generator=torch.Generator().manual_seed(3),
+                   dtype=torch.float64)
+    for name in cascades:
+        den = pretrained.load(name)
+        sigma = name.split("-")[1]
+        fne = pretrained.load(f"gray-{sigma}-fne")
+        assert den.net.depth == den.card.n_blocks == len(den.net.stages) + 1
+        assert den.net.first.firmly_nonexpansive     # stage 1 keeps its certificate
+        with torch.no_grad():
+            outs = den.net.depths(x)
+            np.testing.assert_allclose(outs[0].numpy(), fne(x).numpy(), atol=1e-12)
+            z = outs[0]
+            for stage in den.net.stages:             # each stage sees z and the noisy x
+                z = stage(z, x)
+            np.testing.assert_allclose(den(x).numpy(), z.numpy(), atol=1e-12)
+            assert all(abs(s.skip) < 1.0 for s in den.net.stages)
 
 
 def test_unknown_names_and_colour_inputs_get_clear_errors():

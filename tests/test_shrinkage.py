@@ -8,6 +8,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 import torch
+from helpers import piecewise_smooth_pairs
 from scipy.optimize import nnls
 
 from convexnn import ConvexShrinkageDenoiser, ShrinkageConfig, load_model, save_model
@@ -28,13 +29,7 @@ SIGMA = 0.1
 
 
 def _pairs(n=6, size=16, seed=0):
-    """Piecewise-smooth images (blocks + a ramp) and seeded Gaussian noise."""
-    gen = torch.Generator().manual_seed(seed)
-    blocks = torch.rand((n, 1, size // 4, size // 4), generator=gen, dtype=torch.float64)
-    clean = torch.nn.functional.interpolate(blocks, scale_factor=4, mode="nearest")
-    clean = 0.7 * clean + 0.3 * torch.linspace(0, 1, size, dtype=torch.float64)
-    noisy = clean + SIGMA * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
-    return noisy, clean
+    return piecewise_smooth_pairs(n, size, seed, SIGMA)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .denoiser import Denoiser
 
 __all__ = ["ShrinkageNetwork", "dct_frame", "ramp_knots", "ramps", "shrinkage_features",
-           "frame_response", "frequency_grid", "potential_smoothness_grid",
+           "frame_response", "frequency_grid", "shrinkage_residual", "potential_smoothness_grid",
            "potential_smoothness_bound", "smoothness_kernel"]
 
 
@@ -142,6 +142,26 @@ def potential_smoothness_bound(filters: torch.Tensor, slopes: torch.Tensor,
     return float((p + (d1 + d2) * half).max()) / slack
 
 
+def shrinkage_residual(x: torch.Tensor, filters: torch.Tensor, knots: torch.Tensor, width: float,
+                       slopes: torch.Tensor) -> torch.Tensor:
+    """`sum_j C_j^T psi_j(C_j x)` with `psi_j(z) = sum_m c_jm r_m(z)` (slopes `c` `(J, M)` of any
+    sign), in `x`'s dtype. `psi_j` is evaluated as the piecewise-linear function it is: on bin m
+    it equals its value at the bin's start plus `c_jm (z - t_m)` (one table lookup, not M
+    ramps), so memory stays at one `(B, J, H, W)` map."""
+    f = filters.to(x.dtype)
+    p, n_bins = f.shape[-1] // 2, knots.numel()
+    c = slopes.to(x.dtype)
+    base = (c * (-knots.to(x.dtype)).clamp(0.0, width)).sum(1, keepdim=True)
+    start = (torch.cumsum(c, 1) - c) * width - base                     # psi_j(t_m), (J, M)
+    z = F.conv2d(x, f, padding=p)                                        # (B, J, H, W)
+    t0 = float(knots[0])
+    idx = torch.floor((z.detach() - t0) / width).clamp(0, n_bins - 1).long()
+    frac = (z - t0 - idx.to(x.dtype) * width).clamp(0.0, width)
+    flat = idx + n_bins * torch.arange(c.shape[0], device=x.device).view(1, -1, 1, 1)
+    psi = start.reshape(-1)[flat] + c.reshape(-1)[flat] * frac
+    return F.conv_transpose2d(psi, f, padding=p)
+
+
 class ShrinkageNetwork(Denoiser):
     """`J(x) = x - sum_j C_j^T psi_j(C_j x)` (module docstring) with its certificate.
 
@@ -182,22 +202,8 @@ class ShrinkageNetwork(Denoiser):
         return max(1.0, 2.0 * self.smoothness - 1.0)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """`N(x) = sum_j C_j^T psi_j(C_j x)`, the gradient of the convex potential.
-
-        `psi_j` is evaluated as the piecewise-linear function it is: on bin m it equals its
-        value at the bin's start plus `c_jm (z - t_m)` (one table lookup, not M ramps)."""
-        f = self.filters.to(x.dtype)
-        p, n_bins = f.shape[-1] // 2, self.knots.numel()
-        c = self.slopes.to(x.dtype)
-        base = (c * (-self.knots.to(x.dtype)).clamp(0.0, self.width)).sum(1, keepdim=True)
-        start = (torch.cumsum(c, 1) - c) * self.width - base            # psi_j(t_m), (J, M)
-        z = F.conv2d(x, f, padding=p)                                    # (B, J, H, W)
-        t0 = float(self.knots[0])
-        idx = torch.floor((z.detach() - t0) / self.width).clamp(0, n_bins - 1).long()
-        frac = (z - t0 - idx.to(x.dtype) * self.width).clamp(0.0, self.width)
-        flat = idx + n_bins * torch.arange(c.shape[0], device=x.device).view(1, -1, 1, 1)
-        psi = start.reshape(-1)[flat] + c.reshape(-1)[flat] * frac
-        return F.conv_transpose2d(psi, f, padding=p)
+        """`N(x) = sum_j C_j^T psi_j(C_j x)`, the gradient of the convex potential."""
+        return shrinkage_residual(x, self.filters, self.knots, self.width, self.slopes)
 
     def potential(self, x: torch.Tensor) -> torch.Tensor:
         """`Phi(x) = sum_j sum_pixels phi_j((C_j x)_p)` per image `(B,)`: the convex potential

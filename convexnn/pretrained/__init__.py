@@ -5,7 +5,7 @@
     den = pretrained.load("gray-s25")   # a Denoiser: den(x, sigma=None) on (B, 1, H, W) in [0, 1]
     den.card                            # ModelCard: noise level, guarantees, data, command, PSNR
 
-Two architectures, both trained exactly by a convex program on the gray Train400 set (DnCNN's):
+Three architectures, each trained exactly by a convex program on the gray Train400 set (DnCNN's):
 
 - `gray-s<sigma>` (and `-deep<B>` stacks): the residual two-layer ReLU network rebuilt by
   eq. 5 from an exactly solved dual (eq. 4, the default `fit()` path, certified gap in the
@@ -13,6 +13,10 @@ Two architectures, both trained exactly by a convex program on the gray Train400
 - `gray-s<sigma>-fne`: the gradient-form shrinkage network `J = I - grad Phi` (Phi convex and
   1-smooth, `convexnn.shrinkage`), trained by its convex QP; firmly nonexpansive by a
   certificate recomputed from the weights at every load; `experiments/denoise_fne.py`.
+- `gray-s<sigma>-cascade<T>`: the greedy shrinkage cascade (`convexnn.cascade`): the certified
+  `-fne` model as stage 1, then T - 1 stages on the previous estimate and the noisy input, each
+  an exactly solved least-squares problem; the best convex-trained denoisers shipped, not
+  certified firmly nonexpansive; `experiments/denoise_cascade.py`.
 
 Each card holds the seeded command that regenerates the model and the measured PSNR table.
 Loading reads tensors and JSON only (no pickle) and works offline.
@@ -29,6 +33,7 @@ import torch
 
 from convexnn.deep import UnrolledDenoiser, is_stack_file, load_stack
 from convexnn.io import load_model
+from convexnn.model.cascade import ShrinkageCascade
 from convexnn.model.denoiser import Denoiser
 from convexnn.model.primal import TwoLayerConvDenoiser
 from convexnn.model.shrinkage import ShrinkageNetwork
@@ -67,7 +72,7 @@ class ModelCard:
     baselines: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)   # per-image PSNRs a test re-measures
     n_blocks: int = 1          # > 1: a greedy stack (Sec. 4.3) of exact residual blocks
-    architecture: str = "two-layer"   # or "gradient-shrinkage" (convexnn.shrinkage)
+    architecture: str = "two-layer"   # or "gradient-shrinkage", "shrinkage-cascade"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
@@ -86,7 +91,8 @@ class PretrainedDenoiser(Denoiser):
     eq. 5 from its dual, or a gradient-form shrinkage network (`J = I - grad Phi`, certified
     firmly nonexpansive). `averaged=True` serves `J = (I + Q) / 2` from a shipped `Q`."""
 
-    def __init__(self, net: TwoLayerConvDenoiser | UnrolledDenoiser | ShrinkageNetwork,
+    def __init__(self, net: TwoLayerConvDenoiser | UnrolledDenoiser | ShrinkageNetwork
+                 | ShrinkageCascade,
                  card: ModelCard,
                  averaged: bool) -> None:
         super().__init__()
@@ -131,6 +137,16 @@ def load(name: str) -> PretrainedDenoiser:
         if c.firmly_nonexpansive and not net.firmly_nonexpansive:
             raise ValueError(f"{path}: the card says firmly nonexpansive, but the certificate "
                              f"recomputed from the weights is {net.lipschitz_certificate}")
+        return PretrainedDenoiser(net, c, averaged=False)
+    if c.architecture == "shrinkage-cascade":
+        net = load_model(path)
+        if not isinstance(net, ShrinkageCascade) or net.depth != c.n_blocks:
+            raise ValueError(f"{path}: the card says a shrinkage cascade of depth {c.n_blocks}, "
+                             f"the file holds {type(net).__name__} of depth "
+                             f"{getattr(net, 'depth', 1)}")
+        if c.firmly_nonexpansive:
+            raise ValueError(f"{path}: a shrinkage cascade carries no firm-nonexpansiveness "
+                             f"certificate, but the card claims one")
         return PretrainedDenoiser(net, c, averaged=False)
     if c.architecture != "two-layer":
         raise ValueError(f"{path}: unknown architecture {c.architecture!r} in the card")

@@ -1,7 +1,8 @@
 """Plug-and-play algorithms: a denoiser J in place of a proximal operator.
 
 Data term `f(x) = 1/2 ||A x - y||^2`, `grad f = A^T (A x - y)`, L = ||A||^2 = `physics.norm()`,
-`prox_{gamma f}(v) = (I + gamma A^T A)^{-1} (v + gamma A^T y)` (conjugate gradient).
+`prox_{gamma f}(v) = (I + gamma A^T A)^{-1} (v + gamma A^T y)` (closed form for a circular blur,
+downsampling and the identity, conjugate gradients otherwise: `propagation.Propagation`).
 
 - `pnp_pgd`: x_{k+1} = x_k + lambda_k (J(x_k - gamma grad f(x_k)) - x_k)   (PnP-FB / PnP-MMO)
 - `pnp_admm`: x_{k+1} = prox_{gamma f}(z_k - u_k); z_{k+1} = J(x_{k+1} + u_k);

@@ -16,6 +16,7 @@ import torch
 from .denoisers import call_denoiser, check_denoiser
 from .fidelity import L2, data_prox
 from .history import History
+from .propagation import Propagation
 
 __all__ = ["PnPConfig", "ConvergenceError", "SolverRun", "data_prox", "norm"]
 
@@ -185,6 +186,7 @@ class SolverRun:
             self.x0_norm = 1.0
         self.t0 = time.perf_counter()
         self._denoiser_checked = False
+        self._prox: Propagation | None = None
 
     def _apply(self, fn, t, what: str):
         try:
@@ -231,8 +233,13 @@ class SolverRun:
         return call_denoiser(self.denoiser, x, self.cfg.sigma)
 
     def prox(self, v: torch.Tensor, gamma: float) -> torch.Tensor:
-        return data_prox(self.physics, v, self.y, gamma, self.cfg.cg_iter, self.cfg.cg_tol,
-                         aty=self.aty)
+        """`prox_{gamma f}(v)`: closed form for a circular blur, downsampling or the identity,
+        conjugate gradients otherwise (`Propagation` with mu = 1 / gamma, built once per gamma)."""
+        if self._prox is None or self._prox.mu != 1.0 / gamma:
+            self._prox = Propagation(self.physics, self.y, 1.0 / gamma, cg_iter=self.cfg.cg_iter,
+                                     cg_tol=self.cfg.cg_tol)
+            self.hist.flags["data_prox"] = self._prox.method
+        return self._prox(v)
 
     def grad_f(self, x: torch.Tensor) -> torch.Tensor:
         return L2.grad(x, self.y, self.physics)

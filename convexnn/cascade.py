@@ -1,0 +1,183 @@
+"""`ConvexShrinkageCascade`: a deep denoiser trained greedily, every stage by an exact convex
+program (the network: `convexnn.model.cascade`).
+
+Stage 1 is a certified firmly nonexpansive shrinkage network (`ConvexShrinkageDenoiser`, its
+QP), or a given one. Stage t >= 2 maps the previous estimate `z` and the noisy input `y` to
+
+    z + sum_jm c_jm C_j^T r_m(C_j z) + a (y - z),
+
+linear in `(c, a)`; with `r = x - z` the residual to the clean image it is trained by
+
+    min_{c, a}  1/2 || sum_jm c_jm g_jm(z) + a (y - z) - r ||^2 + eps/2 ||(c, a)||^2      (LS)
+
+(`g_jm(z) = C_j^T r_m(C_j z)`, `shrinkage_features`; eps a 1e-9 relative ridge), solved exactly
+by a Cholesky factorisation of the streamed Gram matrix. Its optimality certificate is the
+normal-equation residual `||(G + eps I) theta - b|| / ||b||`, reported per stage with the
+objective before (theta = 0: the stage does nothing) and after. The knots of stage t cover
+`+- span * std(z - x)` on its training pairs. The stage takes the output of the stages before
+it (greedy, Sec. 4.3 of the core paper), on its own training pairs when `stage_data` is given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from convexnn.model.cascade import CascadeStage, ShrinkageCascade
+from convexnn.model.denoiser import Denoiser
+from convexnn.model.shrinkage import ShrinkageNetwork, dct_frame, ramp_knots, shrinkage_features
+from convexnn.model.validation import as_images, as_targets, check_int, check_positive
+from convexnn.shrinkage import ConvexShrinkageDenoiser
+
+__all__ = ["ConvexShrinkageCascade", "CascadeConfig"]
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """n_stages: the depth T, stage 1 included; the DCT frame and ramp grid of stages 2..T;
+    the relative ridge eps of (LS); the Gram streaming block; `first_kernel_size` the frame of a
+    stage 1 fitted here (certified firmly nonexpansive)."""
+
+    n_stages: int = 4
+    kernel_size: int = 7
+    n_bins: int = 16
+    span: float = 4.0
+    ridge: float = 1e-9
+    batch_pixels: int = 1 << 15
+    first_kernel_size: int = 7
+
+    def __post_init__(self) -> None:
+        check_int(self.n_stages, "n_stages")
+        for name in ("kernel_size", "first_kernel_size"):
+            check_int(getattr(self, name), name)
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name}: expected an odd size, got {getattr(self, name)}")
+        check_int(self.n_bins, "n_bins")
+        check_positive(self.span, "span")
+        check_positive(self.ridge, "ridge")
+        check_int(self.batch_pixels, "batch_pixels")
+
+
+def _pairs(noisy, clean, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    y = as_images(noisy, f"{what} noisy", dtype=torch.float64)
+    x = as_targets(clean, y, f"{what} clean").to(torch.float64)
+    if y.shape[1] != 1:
+        raise ValueError(f"{what} noisy: expected one channel (n, 1, H, W), got "
+                         f"{tuple(y.shape)}")
+    return y, x
+
+
+class ConvexShrinkageCascade(Denoiser):
+    """Estimator: `fit(noisy, clean)` trains stage 1 (its QP) and stages 2..T (LS) greedily;
+    then `model(x)` denoises with all T stages.
+
+    sigma : the training noise level on the image scale (stage 1's knots); None estimates it.
+    config : `CascadeConfig`, or its fields as keyword options.
+
+    Fitted: `network_` (`ShrinkageCascade`), `history_` (one dict per stage: training pixels,
+    residual std before it, LS objective per pixel before and after, the normal-equation
+    residual, the skip weight, seconds), `first_info_` (stage 1's `SolveInfo`, or None when
+    stage 1 was given).
+    """
+
+    def __init__(self, sigma: float | None = None, config: CascadeConfig | None = None,
+                 **options: Any) -> None:
+        super().__init__()
+        if config is not None and not isinstance(config, CascadeConfig):
+            raise TypeError(f"config: expected CascadeConfig, got {type(config).__name__}")
+        unknown = sorted(set(options) - set(CascadeConfig.__dataclass_fields__))
+        if unknown:
+            raise TypeError(f"unknown option(s) {unknown}; CascadeConfig accepts "
+                            f"{sorted(CascadeConfig.__dataclass_fields__)}")
+        self.config = CascadeConfig(**{**(asdict(config) if config else {}), **options})
+        self.sigma = None if sigma is None else check_positive(sigma, "sigma")
+
+    def fit(self, noisy, clean, first: ShrinkageNetwork | None = None,
+            stage_data: list[tuple[Any, Any]] | None = None,
+            progress: bool = False) -> ConvexShrinkageCascade:
+        """Train the cascade on pairs `(n, 1, H, W)`. `first`: a trained stage 1 to build on
+        (e.g. `pretrained.load("gray-s25-fne").net`); else it is fitted on `(noisy, clean)`.
+        `stage_data`: one `(noisy, clean)` pair set per stage 2..T (fresh data per stage);
+        default: `(noisy, clean)` for every stage."""
+        cfg, t_start = self.config, time.perf_counter()
+        y0, x0 = _pairs(noisy, clean, "fit:")
+        if stage_data is not None and len(stage_data) != cfg.n_stages - 1:
+            raise ValueError(f"stage_data: expected {cfg.n_stages - 1} pair sets (stages 2.."
+                             f"{cfg.n_stages}), got {len(stage_data)}")
+        data = [(y0, x0)] * (cfg.n_stages - 1) if stage_data is None else [
+            _pairs(n, c, f"stage_data[{i}]") for i, (n, c) in enumerate(stage_data)]
+        self.first_info_ = None
+        if first is None:
+            est = ConvexShrinkageDenoiser(self.sigma, kernel_size=cfg.first_kernel_size,
+                                          firmly_nonexpansive=True).fit(y0, x0, progress)
+            first, self.first_info_ = est.network_, est.solve_info_
+        elif not isinstance(first, ShrinkageNetwork):
+            raise TypeError(f"first: expected a ShrinkageNetwork (a trained stage 1), got "
+                            f"{type(first).__name__}")
+        filters = dct_frame(cfg.kernel_size)
+        self.network_ = ShrinkageCascade(first, [])
+        self.history_: list[dict[str, Any]] = []
+        for t, (y, x) in enumerate(data, start=2):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                z = torch.cat([self.network_.depths(y[i:i + 64])[-1]
+                               for i in range(0, y.shape[0], 64)])
+            stage, record = fit_stage(z, y, x, filters, cfg)
+            self.network_.stages.append(stage)
+            record.update(stage=t, seconds=time.perf_counter() - t0)
+            self.history_.append(record)
+            if progress:
+                print(f"  stage {t}: residual std {record['residual_std']:.4g}, LS objective "
+                      f"per pixel {record['objective_before']:.4g} -> "
+                      f"{record['objective_after']:.4g}, normal-equation residual "
+                      f"{record['normal_residual']:.1e}, skip {record['skip']:.3f}, "
+                      f"{record['seconds']:.0f} s", flush=True)
+        self.seconds_ = time.perf_counter() - t_start
+        return self
+
+    def forward(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        if not hasattr(self, "network_"):
+            raise RuntimeError("ConvexShrinkageCascade: call fit(noisy, clean) first")
+        return self.network_(x, sigma)
+
+    predict = forward
+
+
+def fit_stage(z: torch.Tensor, y: torch.Tensor, x: torch.Tensor, filters: torch.Tensor,
+              cfg: CascadeConfig) -> tuple[CascadeStage, dict[str, Any]]:
+    """One stage by (LS): stream the Gram of `[g_jm(z), y - z]` against `r = x - z`, solve by
+    Cholesky, and report the objective before and after and the normal-equation residual."""
+    r_all = x - z
+    sres = float(r_all.std())
+    if not sres > 0:
+        raise ValueError("stage training: the previous stages already reproduce the clean "
+                         "images exactly; nothing is left to fit")
+    knots, width = ramp_knots(sres, cfg.n_bins, cfg.span)
+    d = filters.shape[0] * knots.numel() + 1
+    gram = torch.zeros(d, d, dtype=torch.float64)
+    rhs = torch.zeros(d, dtype=torch.float64)
+    target_sq = 0.0
+    per = max(1, cfg.batch_pixels // (z.shape[-1] * z.shape[-2]))
+    for i in range(0, z.shape[0], per):
+        zi, yi = z[i:i + per], y[i:i + per]
+        feats = torch.cat([shrinkage_features(zi, filters, knots, width), yi - zi], 1)
+        feats = feats.transpose(0, 1).reshape(d, -1)
+        r = r_all[i:i + per].reshape(-1)
+        gram += feats @ feats.T
+        rhs += feats @ r
+        target_sq += float(r @ r)
+    ridge = cfg.ridge * float(gram.diagonal().mean())
+    system = gram + ridge * torch.eye(d, dtype=torch.float64)
+    theta = torch.cholesky_solve(rhs[:, None], torch.linalg.cholesky(system))[:, 0]
+    normal = float(torch.linalg.vector_norm(system @ theta - rhs)
+                   / torch.linalg.vector_norm(rhs).clamp_min(1e-300))
+    n_pix = z[:, :1].numel()
+    after = 0.5 * float(theta @ gram @ theta) - float(rhs @ theta) + 0.5 * target_sq
+    stage = CascadeStage(filters, knots, width, theta[:-1].reshape(filters.shape[0], -1),
+                         float(theta[-1]))
+    return stage, {"training_pixels": n_pix, "residual_std": sres,
+                   "objective_before": 0.5 * target_sq / n_pix, "objective_after": after / n_pix,
+                   "normal_residual": normal, "skip": float(theta[-1]), "n_parameters": d}

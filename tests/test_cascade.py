@@ -1,0 +1,99 @@
+"""The greedy shrinkage cascade (`convexnn.cascade`): every stage the exact least-squares
+optimum (against numpy's solver), the network reproduces what the stage was fitted to, depth
+lowers the training loss, save / load, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import piecewise_smooth_pairs
+
+from convexnn import CascadeConfig, ConvexShrinkageCascade, load_model, save_model
+from convexnn.model.cascade import CascadeStage, ShrinkageCascade
+from convexnn.model.shrinkage import dct_frame, ramp_knots, shrinkage_features
+
+SIGMA = 0.1
+
+
+def _pairs(n=8, size=16, seed=0):
+    return piecewise_smooth_pairs(n, size, seed, SIGMA)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    noisy, clean = _pairs()
+    cfg = CascadeConfig(n_stages=3, kernel_size=3, n_bins=6, first_kernel_size=3)
+    model = ConvexShrinkageCascade(SIGMA, cfg).fit(noisy, clean)
+    return noisy, clean, model
+
+
+def test_each_stage_is_the_least_squares_optimum(fitted):
+    noisy, clean, model = fitted
+    net = model.network_
+    assert net.depth == 3 and len(model.history_) == 2
+    assert model.first_info_ is not None and net.first.firmly_nonexpansive
+    outs = net.depths(noisy)
+    for t, (stage, rec) in enumerate(zip(net.stages, model.history_, strict=True)):
+        z = outs[t]
+        # the same problem solved independently: numpy's least squares on the explicit matrix
+        feats = torch.cat([shrinkage_features(z, stage.filters, stage.knots, stage.width),
+                           noisy - z], 1)
+        a = feats.transpose(0, 1).reshape(feats.shape[1], -1).T.numpy()
+        theta, *_ = np.linalg.lstsq(a, (clean - z).reshape(-1).numpy(), rcond=None)
+        best = 0.5 * float(np.sum((a @ theta - (clean - z).reshape(-1).numpy()) ** 2))
+        n_pix = clean.numel()
+        assert rec["objective_after"] == pytest.approx(best / n_pix, rel=1e-6)
+        assert rec["normal_residual"] < 1e-8
+        # the module computes what the stage was fitted to: its loss is the LS optimum
+        got = 0.5 * float(((outs[t + 1] - clean) ** 2).sum()) / n_pix
+        assert got == pytest.approx(rec["objective_after"], rel=1e-8)
+        assert rec["objective_after"] < rec["objective_before"]
+        assert rec["objective_before"] == pytest.approx(
+            0.5 * float(((z - clean) ** 2).sum()) / n_pix, rel=1e-12)
+    losses = [float(((o - clean) ** 2).mean()) for o in outs]
+    assert losses[0] > losses[1] > losses[2]           # depth helps on the training pairs
+
+
+def test_given_first_stage_and_stage_data(fitted):
+    noisy, clean, model = fitted
+    fresh = [_pairs(seed=s) for s in (5, 6)]
+    again = ConvexShrinkageCascade(SIGMA, n_stages=3, kernel_size=3, n_bins=6)
+    again.fit(noisy, clean, first=model.network_.first, stage_data=fresh)
+    assert again.first_info_ is None and again.network_.first is model.network_.first
+    assert [h["training_pixels"] for h in again.history_] == [fresh[0][0].numel()] * 2
+    # a different training set per stage gives different stages
+    assert not torch.allclose(again.network_.stages[0].slopes, model.network_.stages[0].slopes)
+
+
+def test_save_and_load_roundtrip(fitted, tmp_path):
+    noisy, _, model = fitted
+    path = save_model(model, tmp_path / "cascade.safetensors")
+    back = load_model(path)
+    assert isinstance(back, ShrinkageCascade) and back.depth == 3
+    torch.testing.assert_close(back(noisy), model(noisy), rtol=0, atol=1e-14)
+    assert [s.skip for s in back.stages] == [s.skip for s in model.network_.stages]
+    x32 = noisy.float()                                  # the Denoiser dtype policy
+    assert back(x32).dtype == torch.float32
+
+
+def test_clear_errors(fitted):
+    noisy, clean, model = fitted
+    with pytest.raises(TypeError, match="unknown option"):
+        ConvexShrinkageCascade(SIGMA, n_stage=3)
+    with pytest.raises(ValueError, match="odd"):
+        CascadeConfig(kernel_size=4)
+    with pytest.raises(ValueError, match="stage_data: expected 2"):
+        ConvexShrinkageCascade(SIGMA, n_stages=3, kernel_size=3).fit(
+            noisy, clean, first=model.network_.first, stage_data=[_pairs()])
+    with pytest.raises(TypeError, match="first: expected a ShrinkageNetwork"):
+        ConvexShrinkageCascade(SIGMA, n_stages=2).fit(noisy, clean, first=torch.nn.Identity())
+    with pytest.raises(RuntimeError, match="call fit"):
+        ConvexShrinkageCascade(SIGMA)(noisy)
+    with pytest.raises(ValueError, match="one output channel"):
+        ConvexShrinkageCascade(SIGMA).fit(noisy.repeat(1, 3, 1, 1), clean.repeat(1, 3, 1, 1))
+    knots, width = ramp_knots(SIGMA, 4, 3.0)
+    with pytest.raises(ValueError, match="slopes"):
+        CascadeStage(dct_frame(3), knots, width, torch.zeros(9, 5), 0.0)
+    with pytest.raises(TypeError, match="ShrinkageNetwork"):
+        ShrinkageCascade(torch.nn.Identity(), [])
