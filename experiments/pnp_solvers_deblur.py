@@ -46,6 +46,7 @@ The JSON is rewritten after every test problem (a killed run keeps what it finis
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import time
 from collections.abc import Callable
@@ -303,13 +304,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     check_shipped_arguments(p, args.pretrained, args.alphas, args.tag, "--alphas")
+    if args.bm3d_sigmas and importlib.util.find_spec("bm3d") is None:
+        p.error("--bm3d-sigmas: BM3D needs the bm3d package (pip install bm3d, or the "
+                "[baselines] extra); pass --bm3d-sigmas with no value to leave BM3D out")
     if any(s >= 2.0 / LIPSCHITZ or s <= 0 for s in args.pgd_steps):
         p.error(f"--pgd-steps: every step must lie in (0, 2/L) = (0, 2), got {args.pgd_steps}")
     if args.quick:
         args.set12, args.bsd68, args.kernels, args.crop = 1, 1, [0], 48
         args.iters, args.bm3d_iters, args.dncnn_sigma = 8, 3, 0.0
         args.alphas, args.gammas, args.red_lams = [0.5, 1.0], [1.0], [0.3]
-        args.pgd_steps, args.tv_weights, args.bm3d_sigmas = [1.9], [0.002], [5.0]
+        args.pgd_steps, args.tv_weights = [1.9], [0.002]
+        args.bm3d_sigmas = [5.0] if args.bm3d_sigmas else []
         args.bm3d_gammas = [1.0]
     return args
 
