@@ -480,6 +480,7 @@ def test_podm_deblur_quick(tmp_path, monkeypatch):  # 7.1 s (+3 s: a shipped den
 
 # ----------------------------------------------------------------------------- benchmarks, growth
 
+@pytest.mark.slow   # two spawned trainers; -m slow (the default run's time budget)
 def test_dual_vs_primal_quick(tmp_path, monkeypatch):  # 13.9 s (two spawned trainers)
     _load(BENCHMARKS / "dual_vs_primal.py", monkeypatch).main(_quick_args(tmp_path))
     d = _json(tmp_path / "dual_vs_primal_quick.json")   # this benchmark writes no figure

@@ -293,9 +293,9 @@ def kill_and_resume(spawn, tmp_path: Path, trainer: str, n_kills: int) -> None:
             assert final[key] == ref[key], f"{trainer}: {key} differs from the uninterrupted run"
 
 
-@pytest.mark.parametrize("trainer", [t if t in ("dual", "primal", "admm") else
+@pytest.mark.parametrize("trainer", [t if t in ("dual", "primal") else
                                      pytest.param(t, marks=pytest.mark.slow)
-                                     for t in TRAINERS])   # lagged, deq: -m slow (time budget)
+                                     for t in TRAINERS])   # the rest: -m slow (time)
 def test_kill_resume_one_per_trainer(spawn, tmp_path, trainer):
     kill_and_resume(spawn, tmp_path, trainer, n_kills=1)
 
