@@ -4,7 +4,7 @@ program (the network: `convexnn.model.cascade`).
 Stage 1 is a certified firmly nonexpansive shrinkage network (`ConvexShrinkageDenoiser`, its
 QP), or a given one. Stage t >= 2 maps the previous estimate `z` and the noisy input `y` to
 
-    z + sum_jm c_jm C_j^T r_m(C_j z) + a (y - z),
+    z + sum_jm c_jm C_j^T r_m(C_j z) + a (y - z),          (C_j: the frame, `shrinkage_frame`)
 
 linear in `(c, a)`; with `r = x - z` the residual to the clean image it is trained by
 
@@ -28,7 +28,13 @@ import torch
 
 from convexnn.model.cascade import CascadeStage, ShrinkageCascade
 from convexnn.model.denoiser import Denoiser
-from convexnn.model.shrinkage import ShrinkageNetwork, dct_frame, ramp_knots, shrinkage_features
+from convexnn.model.shrinkage import (
+    FRAMES,
+    ShrinkageNetwork,
+    ramp_knots,
+    shrinkage_features,
+    shrinkage_frame,
+)
 from convexnn.model.validation import as_images, as_targets, check_int, check_positive
 from convexnn.shrinkage import ConvexShrinkageDenoiser
 
@@ -37,12 +43,15 @@ __all__ = ["ConvexShrinkageCascade", "CascadeConfig"]
 
 @dataclass(frozen=True)
 class CascadeConfig:
-    """n_stages: the depth T, stage 1 included; the DCT frame and ramp grid of stages 2..T;
-    the relative ridge eps of (LS); the Gram streaming block; `first_kernel_size` the frame of a
-    stage 1 fitted here (certified firmly nonexpansive)."""
+    """n_stages: the depth T, stage 1 included; the frame (`shrinkage_frame`; "multiscale", the
+    better one: +0.16 dB on BSD68 at sigma 25 over "dct", `experiments/denoise_cascade.py`), its
+    kernel size and the ramp grid of stages 2..T (and of a stage 1 fitted here); the relative
+    ridge eps of (LS); the Gram streaming block; `first_kernel_size` the kernel size of a stage
+    1 fitted here (certified firmly nonexpansive)."""
 
     n_stages: int = 4
     kernel_size: int = 7
+    frame: str = "multiscale"
     n_bins: int = 16
     span: float = 4.0
     ridge: float = 1e-9
@@ -55,6 +64,8 @@ class CascadeConfig:
             check_int(getattr(self, name), name)
             if getattr(self, name) % 2 == 0:
                 raise ValueError(f"{name}: expected an odd size, got {getattr(self, name)}")
+        if self.frame not in FRAMES:
+            raise ValueError(f"frame: expected one of {list(FRAMES)}, got {self.frame!r}")
         check_int(self.n_bins, "n_bins")
         check_positive(self.span, "span")
         check_positive(self.ridge, "ridge")
@@ -112,12 +123,13 @@ class ConvexShrinkageCascade(Denoiser):
         self.first_info_ = None
         if first is None:
             est = ConvexShrinkageDenoiser(self.sigma, kernel_size=cfg.first_kernel_size,
-                                          firmly_nonexpansive=True).fit(y0, x0, progress)
+                                          frame=cfg.frame, firmly_nonexpansive=True)
+            est.fit(y0, x0, progress)
             first, self.first_info_ = est.network_, est.solve_info_
         elif not isinstance(first, ShrinkageNetwork):
             raise TypeError(f"first: expected a ShrinkageNetwork (a trained stage 1), got "
                             f"{type(first).__name__}")
-        filters = dct_frame(cfg.kernel_size)
+        filters = shrinkage_frame(cfg.frame, cfg.kernel_size)
         self.network_ = ShrinkageCascade(first, [])
         self.history_: list[dict[str, Any]] = []
         for t, (y, x) in enumerate(data, start=2):

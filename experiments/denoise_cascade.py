@@ -29,6 +29,7 @@ import torch
 from convexnn import pretrained, save_model
 from convexnn.cascade import ConvexShrinkageCascade
 from convexnn.data import load_test_images, load_training_images
+from convexnn.model.shrinkage import FRAMES
 from experiments.common import RESULTS, portable_settings, timed_log, use_reference_data, write_json
 from experiments.denoise_fne import cached_bm3d
 from experiments.denoise_natural import N_CHECK, noisy_of, patches, scores
@@ -73,7 +74,8 @@ def save_pretrained(a, sigma: float, model, first_name: str, results: dict,
     check_set = next(iter(results))
     card = {
         "name": name, "sigma": sigma / 255.0, "firmly_nonexpansive": False,
-        "lipschitz_certificate": None, "kernel_size": a.kernel, "n_filters": a.kernel ** 2,
+        "lipschitz_certificate": None, "kernel_size": a.kernel,
+        "n_filters": int(model.network_.stages[0].filters.shape[0]), "frame": a.frame,
         "residual": True, "n_blocks": depth, "architecture": "shrinkage-cascade",
         "training_data": f"Train400 (DnCNN's gray set): stage 1 is {first_name} "
                          f"({first_card.training_data}); stage t = 2..{depth}: {a.patches} "
@@ -82,7 +84,8 @@ def save_pretrained(a, sigma: float, model, first_name: str, results: dict,
         "training_pixels": int(model.history_[0]["training_pixels"]),
         "training_command": f"PYTHONPATH=. python experiments/denoise_cascade.py --save-models "
                             f"--sigmas {sigma:g} --stages {depth} --patches {a.patches} "
-                            f"--patch-size {a.patch_size} --kernel {a.kernel} --seed {a.seed}",
+                            f"--patch-size {a.patch_size} --kernel {a.kernel} --frame {a.frame} "
+                            f"--seed {a.seed}",
         "n_patterns": 0, "beta_per_pixel": 0.0,
         "solver": f"stage 1: {first_card.solver}; stages 2..{depth}: Cholesky (exact least "
                   f"squares, normal-equation residual <= "
@@ -152,6 +155,8 @@ def parse_args(argv):
     ap.add_argument("--patches", type=int, default=250, help="training patches per stage")
     ap.add_argument("--patch-size", type=int, default=64)
     ap.add_argument("--kernel", type=int, default=7)
+    ap.add_argument("--frame", default="multiscale", choices=list(FRAMES),
+                    help="the filters of stages 2..T (shrinkage_frame)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=0, help="first N test images (0: all)")
     ap.add_argument("--save-models", action="store_true")
@@ -190,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
         first_name = f"gray-s{sigma:g}-fne"
         first = pretrained.load(first_name).net
         y, x = stage_pairs(a, train, sigma, 1)
-        model = ConvexShrinkageCascade(sigma / 255.0, n_stages=a.stages, kernel_size=a.kernel)
+        model = ConvexShrinkageCascade(sigma / 255.0, n_stages=a.stages, kernel_size=a.kernel,
+                                       frame=a.frame)
         model.fit(y, x, first=first,
                   stage_data=[stage_pairs(a, train, sigma, t) for t in range(2, a.stages + 1)],
                   progress=not a.quiet)

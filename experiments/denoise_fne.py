@@ -7,7 +7,9 @@ test images as `denoise_natural.py` (seeds 1000 + image index), side by side wit
 the shipped plain convex models (`gray-s<sigma>`, `gray-s25-deep4`), TV, the same network
 without the Lipschitz constraint (what the certificate costs); BM3D is taken from the
 `denoise_natural*.json` results on the same noisy images when present, else run here.
-`--save-models` ships `gray-s<sigma>-fne` into `convexnn/pretrained/models`.
+`--save-models` ships `gray-s<sigma>-fne-ms` into `convexnn/pretrained/models` (the default
+`--frame multiscale`: the 7 x 7 DCT frame plus the 5 x 5 and 3 x 3 DCT filters and finite
+differences), or `gray-s<sigma>-fne` with `--frame dct` (the 7 x 7 DCT frame alone).
 
     PYTHONPATH=. python experiments/denoise_fne.py --quick
     PYTHONPATH=. python experiments/denoise_fne.py --save-models        # the committed run
@@ -25,6 +27,7 @@ import torch
 
 from convexnn import pretrained, save_model
 from convexnn.data import load_training_images
+from convexnn.model.shrinkage import FRAMES
 from convexnn.shrinkage import ConvexShrinkageDenoiser
 from convexnn.solvers.dncnn import DenoiserTrainConfig, DnCNN, train_denoiser
 from convexnn.solvers.equivariant import EquivariantDenoiser
@@ -41,8 +44,8 @@ from experiments.denoise_natural import MODELS, N_CHECK, evaluate, noisy_of, pat
 def fit(a, train: list[np.ndarray], sigma: float, lipschitz: bool, log):
     clean = torch.from_numpy(patches(train, a.patches, a.patch_size, a.seed))[:, None]
     noisy = torch.from_numpy(noisy_of(clean.numpy(), sigma, a.seed + 1))
-    model = ConvexShrinkageDenoiser(sigma / 255.0, kernel_size=a.kernel, n_bins=a.bins,
-                                    span=a.span, firmly_nonexpansive=lipschitz)
+    model = ConvexShrinkageDenoiser(sigma / 255.0, kernel_size=a.kernel, frame=a.frame,
+                                    n_bins=a.bins, span=a.span, firmly_nonexpansive=lipschitz)
     model.fit(noisy, clean, progress=not a.quiet)
     d = model.solve_info_.details
     info = {"status": model.solve_info_.status, "solver": model.solve_info_.solver,
@@ -85,22 +88,27 @@ def cached_bm3d(name: str, sigma: float) -> dict | None:
     return None
 
 
+def model_name(sigma: float, frame: str) -> str:
+    """`gray-s<sigma>-fne` (the DCT frame) or `gray-s<sigma>-fne-ms` (the multiscale frame)."""
+    return f"gray-s{sigma:g}-fne" + ("-ms" if frame == "multiscale" else "")
+
+
 def save_pretrained(a, sigma: float, model, info: dict, results: dict) -> str:
-    name = f"gray-s{sigma:g}-fne"
+    name = model_name(sigma, a.frame)
     save_model(model, MODELS / f"{name}.safetensors")
     first = next(iter(results))
     card = {
         "name": name, "sigma": sigma / 255.0, "firmly_nonexpansive": model.firmly_nonexpansive,
         "lipschitz_certificate": model.lipschitz_certificate, "kernel_size": a.kernel,
-        "n_filters": a.kernel ** 2, "residual": True, "n_blocks": 1,
-        "architecture": "gradient-shrinkage",
+        "n_filters": int(model.network_.filters.shape[0]), "frame": a.frame, "residual": True,
+        "n_blocks": 1, "architecture": "gradient-shrinkage",
         "training_data": f"Train400 (DnCNN's gray set): {a.patches} random {a.patch_size} x "
                          f"{a.patch_size} patches, seed {a.seed}",
         "training_pixels": info["training_pixels"],
         "training_command": f"PYTHONPATH=. python experiments/denoise_fne.py --save-models "
                             f"--sigmas {sigma:g} --patches {a.patches} --patch-size "
-                            f"{a.patch_size} --kernel {a.kernel} --bins {a.bins} --span "
-                            f"{a.span:g} --seed {a.seed}",
+                            f"{a.patch_size} --kernel {a.kernel} --frame {a.frame} --bins "
+                            f"{a.bins} --span {a.span:g} --seed {a.seed}",
         "n_patterns": 0, "beta_per_pixel": 0.0, "solver": info["solver"],
         "certified_gap": info["certified_gap"], "fit_seconds": info["seconds"],
         "psnr": {s: {f"{sigma:g}": r["fne"]["psnr"]} for s, r in results.items()},
@@ -113,9 +121,10 @@ def save_pretrained(a, sigma: float, model, info: dict, results: dict) -> str:
     return name
 
 
-def shipped(sigma: float, log):
-    """The shipped `gray-s<sigma>-fne` (certificate recomputed at load) in place of a fit."""
-    name = f"gray-s{sigma:g}-fne"
+def shipped(sigma: float, frame: str, log):
+    """The shipped `model_name(sigma, frame)` (certificate recomputed at load) in place of a
+    fit."""
+    name = model_name(sigma, frame)
     if name not in pretrained.names():
         raise SystemExit(f"--from-pretrained: no shipped model {name!r}; shipped: "
                          f"{pretrained.names()}")
@@ -128,7 +137,8 @@ def shipped(sigma: float, log):
 
 
 def run_sigma(a, train, sigma: float, log) -> dict:
-    model, info = shipped(sigma, log) if a.from_pretrained else fit(a, train, sigma, True, log)
+    model, info = (shipped(sigma, a.frame, log) if a.from_pretrained
+                   else fit(a, train, sigma, True, log))
     nets = {"fne": model}
     fits = {"fne": info}
     if a.ablation:
@@ -223,6 +233,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--patches", type=int, default=250)
     ap.add_argument("--patch-size", type=int, default=64)
     ap.add_argument("--kernel", type=int, default=7)
+    ap.add_argument("--frame", default="multiscale", choices=list(FRAMES),
+                    help="the filters (shrinkage_frame); multiscale ships gray-s<sigma>-fne-ms")
     ap.add_argument("--bins", type=int, default=16)
     ap.add_argument("--span", type=float, default=4.0, help="knots cover +-span sigma")
     ap.add_argument("--seed", type=int, default=0)

@@ -23,8 +23,10 @@ Denoisers, each with one strength knob:
 
 Each (solver, denoiser) pair gets its own solver parameter (PGD step in ``--pgd-steps``; ADMM /
 HQS / DRS data-prox step gamma in ``--gammas``; RED weight lam in ``--red-lams``) and its own
-strength, picked jointly by PSNR on one held-out problem (Set12 image number ``--set12``,
-the first kernel), then used on every test problem.
+strength, picked jointly by the mean PSNR on ``--tune-problems`` held-out problems (default 1:
+Set12 image number ``--set12`` with the first kernel; more take the next Set12 and BSD68 images
+in turn, with kernels spread over the list), then used on every test problem. ``--solvers``
+runs a subset of the splittings.
 
 Convergence evidence per run: ``c_monotone_after_5`` (``c_k = ||x_k - x_{k-1}|| / ||x_0||``
 nonincreasing after 5 iterations) and ``convergence_guaranteed``: the denoiser is certified
@@ -122,17 +124,18 @@ def guaranteed(certified: bool, solver: str, value: float) -> bool:
     return True
 
 
-def tune(plugin: Plugin, solver: str, grid: list[float], held_out, log, label: str) -> dict:
-    """(strength, parameter) with the best PSNR on the held-out problem, and the whole grid."""
+def tune(plugin: Plugin, solver: str, grid: list[float], held_out: list, log,
+         label: str) -> dict:
+    """(strength, parameter) with the best mean PSNR on the held-out problems, and the grid."""
     scores = {}
     for s in plugin.strengths:
         den = plugin.make(s)
         for v in grid:
-            x, _ = solve(solver, v, den, held_out, plugin.iters)
-            scores[s, v] = score(x, held_out[2])[0]
+            scores[s, v] = float(np.mean([score(solve(solver, v, den, p, plugin.iters)[0],
+                                                p[2])[0] for p in held_out]))
     s, v = max(scores, key=lambda k: scores[k] if math.isfinite(scores[k]) else -math.inf)
     log(f"tuned {solver} x {label}: {plugin.strength} {s:g}, {PARAMETER[solver]} {v:g} "
-        f"(held-out PSNR {scores[s, v]:.2f})")
+        f"(mean held-out PSNR {scores[s, v]:.2f})")
     return {"strength": s, "parameter": v,
             "grid": {f"{plugin.strength}={a:g}": {f"{PARAMETER[solver]}={b:g}": p
                                                    for (a2, b), p in scores.items() if a2 == a}
@@ -241,16 +244,17 @@ def plot(path: Path, summary: dict, names: list[str], vs_tv: dict, blurred: floa
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     ax, ax_k = fig.subplots(1, 2, width_ratios=[1.3, 1])
     width = 0.8 / max(1, len(names))
+    present = [s for s in SOLVERS if any(v["solver"] == s for v in summary.values())]
     for j, d in enumerate(names):
         xs, ys = [], []
-        for i, s in enumerate(SOLVERS):
+        for i, s in enumerate(present):
             v = summary.get(f"{s} x {d}")
             if v is not None:
                 xs.append(i + (j - (len(names) - 1) / 2) * width)
                 ys.append(v["psnr"])
         ax.bar(xs, ys, width, label=d)
     ax.axhline(blurred, color="k", lw=0.8, ls=":", label="blurred input")
-    ax.set_xticks(range(len(SOLVERS)), [f"PnP-{s}" if s != "RED" else s for s in SOLVERS])
+    ax.set_xticks(range(len(present)), [f"PnP-{s}" if s != "RED" else s for s in present])
     lo = min(v["psnr"] for v in summary.values())
     ax.set_ylim(max(0.0, min(lo, blurred) - 1.0), max(v["psnr"] for v in summary.values()) + 0.5)
     ax.set_ylabel("mean PSNR (dB)")
@@ -285,6 +289,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=128)
     p.add_argument("--noise", type=float, default=0.01)
     p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS))
+    p.add_argument("--tune-problems", type=int, default=1,
+                   help="held-out problems the tuning averages over (the Set12 / BSD68 images "
+                        "after the test ones, in turn)")
     p.add_argument("--pretrained", nargs="*", default=["gray-s5-fne", "gray-s15"],
                    metavar="NAME")
     p.add_argument("--alphas", nargs="+", type=float, default=[0.25, 0.5, 1.0])
@@ -307,6 +315,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bm3d_sigmas and importlib.util.find_spec("bm3d") is None:
         p.error("--bm3d-sigmas: BM3D needs the bm3d package (pip install bm3d, or the "
                 "[baselines] extra); pass --bm3d-sigmas with no value to leave BM3D out")
+    if args.tune_problems < 1:
+        p.error(f"--tune-problems: expected at least 1, got {args.tune_problems}")
     if any(s >= 2.0 / LIPSCHITZ or s <= 0 for s in args.pgd_steps):
         p.error(f"--pgd-steps: every step must lie in (0, 2/L) = (0, 2), got {args.pgd_steps}")
     if args.quick:
@@ -329,8 +339,9 @@ def main(argv: list[str] | None = None) -> dict:
     stem = "pnp_solvers_deblur" + ("_quick" if args.quick else "") + args.tag
 
     kernels = load_levin_kernels()
-    images = {"set12": load_test_images("set12", grayscale=True)[:args.set12 + 1],
-              "bsd68": load_test_images("bsd68", grayscale=True)[:args.bsd68]}
+    n_tune = {"set12": (args.tune_problems + 1) // 2, "bsd68": args.tune_problems // 2}
+    images = {"set12": load_test_images("set12", grayscale=True)[:args.set12 + n_tune["set12"]],
+              "bsd68": load_test_images("bsd68", grayscale=True)[:args.bsd68 + n_tune["bsd68"]]}
     images = {n: [centre_crop(im, min(args.crop, *im.shape)) for im in ims]
               for n, ims in images.items()}
 
@@ -345,13 +356,18 @@ def main(argv: list[str] | None = None) -> dict:
     tests = [(ki, n, i) for ki in args.kernels for n, count in (("set12", args.set12),
                                                                ("bsd68", args.bsd68))
              for i in range(count)]
-    held_out = make(args.kernels[0], "set12", args.set12)
+    # held out: the images after the test ones, Set12 and BSD68 in turn, kernels spread out
+    held_out_ids = [(args.kernels[(3 * j) % len(args.kernels)], "set12" if j % 2 == 0 else
+                     "bsd68", (args.set12 if j % 2 == 0 else args.bsd68) + j // 2)
+                    for j in range(args.tune_problems)]
+    held_out = [make(*h) for h in held_out_ids]
 
     dens, info = plugins(args, log)
     names = list(dens)
     grid = grids(args)
     tuned: dict[str, dict] = {}
-    pairs = [(s, d) for d in names for s in SOLVERS if s in dens[d].solvers]
+    pairs = [(s, d) for d in names for s in SOLVERS
+             if s in dens[d].solvers and s in args.solvers]
     for s, d in pairs:
         g = args.bm3d_gammas if d == "bm3d" and PARAMETER[s] == "gamma" else grid[s]
         tuned[f"{s} x {d}"] = tune(dens[d], s, g, held_out, log, d)
@@ -368,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
             "experiment": "PnP deblurring: every splitting x every plug-in denoiser, Levin "
                           "kernels, Set12 + BSD68 crops",
             "complete": done, "args": run_settings(args),
-            "tuning": {"on": f"Set12 image {args.set12}, kernel {args.kernels[0]} (held out)",
+            "tuning": {"on": "held-out problems (kernel, set, image): "
+                             + ", ".join(f"({k}, {n}, {i})" for k, n, i in held_out_ids),
                        "chosen": {lab: {k: t[k] for k in ("strength", "parameter")}
                                   for lab, t in tuned.items()},
                        "psnr_grid": {lab: t["grid"] for lab, t in tuned.items()}},

@@ -11,7 +11,12 @@ from helpers import piecewise_smooth_pairs
 
 from convexnn import CascadeConfig, ConvexShrinkageCascade, load_model, save_model
 from convexnn.model.cascade import CascadeStage, ShrinkageCascade
-from convexnn.model.shrinkage import dct_frame, ramp_knots, shrinkage_features
+from convexnn.model.shrinkage import (
+    dct_frame,
+    ramp_knots,
+    shrinkage_features,
+    shrinkage_frame,
+)
 
 SIGMA = 0.1
 
@@ -30,6 +35,25 @@ def fitted():
 
 def test_each_stage_is_the_least_squares_optimum(fitted):
     noisy, clean, model = fitted
+    _check_stages(noisy, clean, model)
+
+
+def test_a_multiscale_cascade_uses_its_frame_in_every_stage():
+    noisy, clean = _pairs(seed=3)
+    cfg = CascadeConfig(n_stages=3, kernel_size=3, n_bins=6, first_kernel_size=3,
+                        frame="multiscale")
+    model = ConvexShrinkageCascade(SIGMA, cfg).fit(noisy, clean)
+    frame = shrinkage_frame("multiscale", 3)
+    assert frame.shape[0] == 9 + 4
+    for stage in [model.network_.first, *model.network_.stages]:
+        torch.testing.assert_close(stage.filters, frame, rtol=0, atol=0)
+    assert model.history_[0]["n_parameters"] == 13 * 6 + 1
+    _check_stages(noisy, clean, model)
+    with pytest.raises(ValueError, match="frame"):
+        CascadeConfig(frame="haar")
+
+
+def _check_stages(noisy, clean, model):
     net = model.network_
     assert net.depth == 3 and len(model.history_) == 2
     assert model.first_info_ is not None and net.first.firmly_nonexpansive

@@ -742,6 +742,24 @@ def test_pnp_solvers_deblur_quick(tmp_path, monkeypatch):  # 15 s
 
 
 @needs_shared
+def test_pnp_solvers_deblur_quick_tunes_on_several_held_out_problems(tmp_path, monkeypatch):
+    mod = _load(EXPERIMENTS / "pnp_solvers_deblur.py", monkeypatch)
+    d = mod.main(_quick_args(tmp_path) + ["--pretrained", "gray-s5-fne", "--bm3d-sigmas",
+                                          "--solvers", "HQS", "--tune-problems", "2",
+                                          "--tag", "_tune2"])
+    assert set(d["summary"]) == {"HQS x gray-s5-fne", "HQS x tv"}
+    assert d["tuning"]["on"].endswith("(0, set12, 1), (0, bsd68, 1)")
+    for lab, grid in d["tuning"]["psnr_grid"].items():
+        scores = {(a, g): v for a, row in grid.items() for g, v in row.items()}
+        best = max(scores, key=scores.get)
+        chosen = d["tuning"]["chosen"][lab]
+        assert best == (f"{'alpha' if 'fne' in lab else 'weight'}={chosen['strength']:g}",
+                        f"gamma={chosen['parameter']:g}")
+    with pytest.raises(SystemExit):
+        mod.main(_quick_args(tmp_path) + ["--tune-problems", "0"])
+
+
+@needs_shared
 def test_denoise_cascade_quick(tmp_path, monkeypatch):  # 15 s (Train400 and Set12 are shared)
     d = _load(EXPERIMENTS / "denoise_cascade.py", monkeypatch).main(_quick_args(tmp_path))
     _png(tmp_path / "denoise_cascade_quick.png")

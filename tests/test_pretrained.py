@@ -12,6 +12,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from convexnn import Denoiser, pretrained
+from convexnn.model.shrinkage import shrinkage_frame
 
 SHARED = Path(os.environ.get("CONVEXNN_SHARED_DATASETS", "")) if os.environ.get(
     "CONVEXNN_SHARED_DATASETS") else Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -42,6 +43,23 @@ def test_the_shipped_models_are_listed_with_their_noise_levels():
         assert card.training_pixels >= (10 ** 6 if card.architecture != "two-layer" else 1)
     fne = {n for n in names if pretrained.card(n).firmly_nonexpansive}
     assert {"gray-s15-fne", "gray-s25-fne", "gray-s50-fne"} <= fne
+
+
+def test_a_shrinkage_model_holds_the_frame_its_card_names():
+    seen = set()
+    for name in pretrained.names():
+        card = pretrained.card(name)
+        if card.architecture == "two-layer":
+            continue
+        net = pretrained.load(name).net
+        expect = shrinkage_frame(card.frame, card.kernel_size)
+        stages = [net] if card.architecture == "gradient-shrinkage" else list(net.stages)
+        for stage in stages:          # a cascade's stage 1 is its -fne model, checked above
+            torch.testing.assert_close(stage.filters, expect, rtol=0, atol=0)
+        assert card.n_filters == expect.shape[0]
+        assert (f"--frame {card.frame}" in card.training_command) or card.frame == "dct"
+        seen.add(card.frame)
+    assert seen == {"dct", "multiscale"}
 
 
 @pytest.mark.parametrize("name", pretrained.names())

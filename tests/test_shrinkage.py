@@ -21,6 +21,7 @@ from convexnn.model.shrinkage import (
     potential_smoothness_grid,
     ramp_knots,
     shrinkage_features,
+    shrinkage_frame,
 )
 from convexnn.shrinkage import shrinkage_gram
 from convexnn.solvers.lipschitz import jacobian_spectral_norm
@@ -48,6 +49,46 @@ def test_the_dct_frame_is_orthonormal_and_tight():
         # sum_j |C_j(omega)|^2 = k^2 at every frequency: slopes 1/k^2 give S = 1
         s = potential_smoothness_bound(dct_frame(k), torch.full((k * k,), 1.0 / k ** 2))
         assert 1.0 <= s <= 1.0 + 1e-3
+
+
+def test_the_multiscale_frame_holds_the_dct_frame_smaller_dct_filters_and_differences():
+    f = shrinkage_frame("multiscale", 7)
+    assert f.shape == (49 + 24 + 8 + 4, 1, 7, 7)
+    torch.testing.assert_close(f[:49], dct_frame(7), rtol=0, atol=0)
+    # every added filter is a zero-mean, unit-norm filter supported on a centred 5 x 5 / 3 x 3
+    # window (the differences on a 2 x 2 / 3 x 3 one)
+    extra = f[49:, 0]
+    np.testing.assert_allclose(extra.sum((1, 2)).numpy(), 0.0, atol=1e-13)
+    np.testing.assert_allclose(extra.pow(2).sum((1, 2)).numpy(), 1.0, atol=1e-13)
+    assert extra[:24, [0, 6]].abs().max() == 0 and extra[:24, :, [0, 6]].abs().max() == 0
+    assert extra[24:, :2].abs().max() == 0 and extra[24:, :, :2].abs().max() == 0
+    np.testing.assert_allclose(torch.linalg.matrix_rank(extra[24:28].reshape(4, -1)), 4)
+    # a vertical edge is seen by the horizontal difference at the edge only (the last column
+    # meets the zero padding)
+    step = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    step[..., 5:] = 1.0
+    resp = torch.nn.functional.conv2d(step, f[-4:-3], padding=3)[0, 0, :, :-1]
+    assert torch.nonzero(resp.abs().sum(0)).flatten().tolist() == [4]
+    np.testing.assert_allclose(resp[:, 4].abs().numpy(), 2 ** -0.5, atol=1e-13)
+    assert shrinkage_frame("dct", 5).shape == (25, 1, 5, 5)
+    with pytest.raises(ValueError, match="frame"):
+        shrinkage_frame("wavelet", 7)
+    with pytest.raises(ValueError, match="frame"):
+        ShrinkageConfig(frame="wavelet")
+
+
+def test_a_multiscale_fne_fit_is_certified_and_beats_the_dct_frame_on_edges():
+    noisy, clean = _pairs(n=8, size=24, seed=7)
+    fits = {frame: ConvexShrinkageDenoiser(SIGMA, kernel_size=5, n_bins=6, frame=frame)
+            .fit(noisy, clean) for frame in ("dct", "multiscale")}
+    ms = fits["multiscale"]
+    assert ms.network_.filters.shape[0] == 25 + 8 + 4
+    assert ms.firmly_nonexpansive and ms.lipschitz_certificate <= 1.0
+    est = jacobian_spectral_norm(ms, noisy[:2], n_iter=200, mode="Q")
+    assert est.value <= ms.lipschitz_certificate + 1e-6
+    # the dct frame's filters are a subset: the training objective can only go down
+    obj = {f: m.solve_info_.details["objective_per_pixel"] for f, m in fits.items()}
+    assert obj["multiscale"] <= obj["dct"] * (1 + 1e-6)
 
 
 def test_the_smoothness_certificate_bounds_a_dense_grid_and_is_tight():

@@ -5,10 +5,11 @@ training is `convexnn.cascade`).
     z_t = z_{t-1} + sum_j C_j^T psi_tj(C_j z_{t-1}) + a_t (y - z_{t-1}),      t = 2..T   (stage)
 
 `psi_tj` are piecewise-linear on a ramp grid with slopes of either sign, so a stage is a
-two-layer ReLU network (fixed DCT filters, tied layers) on the previous estimate with a skip from
-the noisy input `y`: the stage of cascaded shrinkage fields (Schmidt and Roth, CVPR 2014, eq. 10
-with a tight frame, where `(lambda I + sum_j C_j^T C_j)^{-1}` is a scalar) without their
-learned filters. Every stage's output is linear in its parameters `(c_t, a_t)`, so given the
+two-layer ReLU network (fixed filters: the DCT or the multiscale frame, `shrinkage_frame`; tied
+layers) on the previous estimate with a skip from the noisy input `y`: the stage of cascaded
+shrinkage fields (Schmidt and Roth, CVPR 2014, eq. 10) with fixed filters and without its
+inverse `(lambda I + sum_j C_j^T C_j)^{-1}` (a scalar for a tight frame). Every stage's output
+is linear in its parameters `(c_t, a_t)`, so given the
 previous stages its training is an exact least-squares problem; the cascade is trained greedily,
 stage by stage (as the greedy stacks of Sec. 4.3 of the core paper). Only stage 1 carries a
 certificate: the cascade makes no firm-nonexpansiveness claim (`lipschitz_certificate` None).

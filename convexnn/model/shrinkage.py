@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from .denoiser import Denoiser
 
-__all__ = ["ShrinkageNetwork", "dct_frame", "ramp_knots", "ramps", "shrinkage_features",
-           "frame_response", "frequency_grid", "shrinkage_residual", "potential_smoothness_grid",
-           "potential_smoothness_bound", "smoothness_kernel"]
+__all__ = ["ShrinkageNetwork", "dct_frame", "FRAMES", "shrinkage_frame", "ramp_knots", "ramps",
+           "shrinkage_features", "frame_response", "frequency_grid", "shrinkage_residual",
+           "potential_smoothness_grid", "potential_smoothness_bound", "smoothness_kernel"]
 
 
 def dct_frame(kernel_size: int) -> torch.Tensor:
@@ -44,6 +44,37 @@ def dct_frame(kernel_size: int) -> torch.Tensor:
     basis[0] /= np.sqrt(2.0)                                  # rows: frequency, cols: position
     filt = np.einsum("ui,vj->uvij", basis, basis).reshape(k * k, 1, k, k)
     return torch.from_numpy(filt.copy())
+
+
+FRAMES = ("dct", "multiscale")
+
+
+def shrinkage_frame(name: str, kernel_size: int) -> torch.Tensor:
+    """The analysis filters `C_j` `(J, 1, k, k)` of a named frame, float64, centred.
+
+    "dct": the k x k orthonormal DCT frame (`dct_frame`, k^2 filters, tight).
+    "multiscale": that frame, the non-DC DCT filters of every smaller odd size 5, 3 (zero-padded
+    to k x k, centred) and the four unit-step finite differences / sqrt 2 (horizontal,
+    vertical, both diagonals: the local edge detectors of TV): k^2 + 24 + 8 + 4 filters for
+    k = 7. Redundant (not tight), which (F) and the QP handle as they are.
+    """
+    if name not in FRAMES:
+        raise ValueError(f"frame: expected one of {list(FRAMES)}, got {name!r}")
+    k = int(kernel_size)
+    parts = [dct_frame(k)]
+    if name == "multiscale":
+        c = k // 2
+        for size in range(k - 2, 2, -2):
+            small, h = dct_frame(size)[1:], size // 2
+            pad = torch.zeros(small.shape[0], 1, k, k, dtype=torch.float64)
+            pad[:, :, c - h:c + h + 1, c - h:c + h + 1] = small
+            parts.append(pad)
+        if k >= 3:
+            diff = torch.zeros(4, 1, k, k, dtype=torch.float64)
+            for i, (a, b) in enumerate(((0, 1), (1, 0), (1, 1), (1, -1))):
+                diff[i, 0, c, c], diff[i, 0, c + a, c + b] = -1.0, 1.0
+            parts.append(diff / math.sqrt(2.0))
+    return torch.cat(parts)
 
 
 def ramp_knots(sigma: float, n_bins: int, span: float) -> tuple[torch.Tensor, float]:

@@ -73,11 +73,13 @@ class ModelCard:
     check: dict[str, Any] = field(default_factory=dict)   # per-image PSNRs a test re-measures
     n_blocks: int = 1          # > 1: a greedy stack (Sec. 4.3) of exact residual blocks
     architecture: str = "two-layer"   # or "gradient-shrinkage", "shrinkage-cascade"
+    frame: str = "dct"         # the shrinkage filters (`shrinkage_frame`): "dct", "multiscale"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelCard:
         known = set(cls.__dataclass_fields__)
-        missing = known - set(d) - {"psnr", "baselines", "check", "n_blocks", "architecture"}
+        missing = known - set(d) - {"psnr", "baselines", "check", "n_blocks", "architecture",
+                                    "frame"}
         if missing:
             raise ValueError(f"model card: missing fields {sorted(missing)}")
         return cls(**{k: v for k, v in d.items() if k in known})
