@@ -85,7 +85,9 @@ def _run(queue, solver, n_images, n_patterns, beta, opts):
                    **({"primal_objective": m.history_[-1]["train_primal_objective"],
                        "epochs": m.history_[-1]["epoch"]}
                       if m.history_ and "train_primal_objective" in m.history_[-1] else {}),
-                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20})
+                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                   **({"peak_device_gb": torch.cuda.max_memory_allocated() / 2 ** 30}
+                      if str(opts.get("device", "")).startswith("cuda") else {})})
     except Exception as exc:  # recorded, not hidden
         queue.put({"status": f"failed: {type(exc).__name__}: {str(exc)[:200]}",
                    "wall_seconds": time.perf_counter() - t0})
@@ -162,7 +164,7 @@ def run_repeated(solver, n_images, n_patterns, beta, opts, limit, repeats):
     return first
 
 
-def _first_within(trajectory, target):
+def first_within(trajectory, target):
     """Seconds at which a (seconds, objective) trajectory first reaches `target`, else None."""
     for sec, obj in trajectory:
         if obj is not None and obj <= target:
@@ -218,7 +220,7 @@ def paper_scale(args, say) -> dict:
             "stop_below": 1.01 * opt, "save_to": str(adam_file)}, args.adam_seconds + 3600),
             needs=adam_file)
         traj = adam.get("trajectory", [])
-        adam["seconds_to_1pct"] = _first_within(traj, 1.01 * opt)
+        adam["seconds_to_1pct"] = first_within(traj, 1.01 * opt)
         if "primal_objective" in adam:
             adam["primal_relative_to_exact"] = adam["primal_objective"] / opt - 1
         say("paper adam", {k: v for k, v in adam.items() if k != "trajectory"})

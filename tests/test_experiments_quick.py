@@ -556,6 +556,24 @@ def test_exact_solvers_quick(tmp_path, monkeypatch):
     assert cell["ipm"]["speedup_vs_clarabel"] > 1.0
 
 
+def test_device_checks_cpu(tmp_path, monkeypatch):   # about 6 s: two spawned 2 x 60 solves
+    """The GPU-session script on the CPU: the device run and the CPU run of the same problem
+    agree, the JSON and PNG are written, and a step that cannot fit its budget is recorded as
+    skipped rather than dropped."""
+    d = _load(BENCHMARKS / "device_checks.py", monkeypatch).main(
+        ["--device", "cpu", "--only", "two_digits", "mnist_paper_exact", "--budget", "50",
+         "--out", str(tmp_path)])
+    assert _json(tmp_path / "device_checks.json") == json.loads(json.dumps(d))
+    _png(tmp_path / "device_checks.png")
+    row = d["steps"]["two_digits"]
+    for run in (row["device_run"], row["cpu_run"]):
+        assert run["status"] == "optimal", run["status"]
+        _between(run["certified_gap"], 0.0, 1e-6)
+    _between(row["relative_difference"], 0.0, 1e-9)
+    skipped = d["steps"]["mnist_paper_exact"]["status"]
+    assert skipped.startswith("skipped"), skipped    # needs 60 s, fewer are left of the 50
+
+
 @needs_shared
 def test_denoise_natural_quick(tmp_path, monkeypatch):  # 7 s (Train400 and Set12 are shared)
     _load(EXPERIMENTS / "denoise_natural.py", monkeypatch).main(_quick_args(tmp_path))
