@@ -178,9 +178,13 @@ def run_sigma(a, train, sigma: float, log) -> dict:
     return out
 
 
-def shrinkage_curves(model, bands=(1, 7, 8, 24, 48)) -> dict:
-    """The learned scalar maps of a few DCT bands: `s_j(z) = z - psi_j(z)` (what passes)."""
+def shrinkage_curves(model, bands=None) -> dict:
+    """The learned scalar maps `s_j(z) = z - psi_j(z)` (what passes) of a few filters: by
+    default the 5 that shrink most (largest slope sum; on the multiscale frame these are 3 x 3
+    DCT and finite-difference filters, 73-84)."""
     net = model.network_ if hasattr(model, "network_") else model.net
+    if bands is None:
+        bands = torch.argsort(net.slopes.sum(1), descending=True)[:5].tolist()
     z = torch.linspace(-2.5 * float(net.knots.abs().max()), 2.5 * float(net.knots.abs().max()),
                        201, dtype=torch.float64)
     r = (z[:, None] - net.knots).clamp(0, net.width) - (-net.knots).clamp(0, net.width)
@@ -212,11 +216,10 @@ def plot(path: Path, payload: dict) -> None:
         ax.legend(fontsize=7)
     ax = axes[0][-1]
     curves = payload["sigma"][sig[len(sig) // 2]]["shrinkage"]
-    for j, s in curves["bands"].items():
-        ax.plot(curves["z"], s, label=f"DCT band {j}")
-    ax.plot(curves["z"], curves["z"], "k:", lw=0.8, label="identity")
-    ax.set_xlabel("band coefficient z (noisy)")
-    ax.set_ylabel("z - psi_j(z) (kept)")
+    for j, s in curves["bands"].items():      # psi_j = z - s_j: what the filter removes
+        ax.plot(curves["z"], np.subtract(curves["z"], s), label=f"filter {j}")
+    ax.set_xlabel("filter response z (noisy)")
+    ax.set_ylabel("psi_j(z) (removed)")
     ax.set_title(f"learned FNE shrinkage, sigma {sig[len(sig) // 2]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
