@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from convexnn.cascade import ConvexShrinkageCascade
 from convexnn.dual import ConvexDualDenoiser
+from convexnn.model.adaptive import AdaptiveFilterStage
 from convexnn.model.cascade import CascadeStage, ShrinkageCascade
 from convexnn.model.primal import TwoLayerConvDenoiser
 from convexnn.model.shrinkage import ShrinkageNetwork
@@ -58,12 +59,22 @@ def save_model(model: Model | ConvexShrinkageDenoiser | ConvexShrinkageCascade,
     if isinstance(model, ShrinkageCascade):
         first = model.first
         tensors = {"filters": first.filters, "knots": first.knots, "slopes": first.slopes}
-        for t, s in enumerate(model.stages, start=2):
+        shrink = [s for s in model.stages if isinstance(s, CascadeStage)]
+        adaptive = model.stages[len(shrink):]
+        if not all(isinstance(s, AdaptiveFilterStage) for s in adaptive):
+            raise ValueError("save_model: expected the shrinkage stages first, then the "
+                             "adaptive filter stages")
+        for t, s in enumerate(shrink, start=2):
             tensors.update({f"stage{t}.filters": s.filters, f"stage{t}.knots": s.knots,
                             f"stage{t}.slopes": s.slopes})
+        for t, s in enumerate(adaptive, start=2 + len(shrink)):
+            tensors.update({f"stage{t}.weights": s.weights,
+                            f"stage{t}.strength_thresholds": s.strength_thresholds,
+                            f"stage{t}.coherence_thresholds": s.coherence_thresholds})
         header = {"kind": "shrinkage-cascade", "width": first.width,
-                  "stage_widths": [s.width for s in model.stages],
-                  "stage_skips": [s.skip for s in model.stages],
+                  "stage_widths": [s.width for s in shrink],
+                  "stage_skips": [s.skip for s in shrink],
+                  "adaptive_angles": [s.n_angles for s in adaptive],
                   "smoothness_certificate": first.smoothness}
     elif isinstance(model, ShrinkageNetwork):
         tensors = {"filters": model.filters, "knots": model.knots, "slopes": model.slopes}
@@ -118,6 +129,11 @@ def _from_header(header: dict, tensors: dict[str, torch.Tensor]) -> Model:
                                float(w), tensors[f"stage{t}.slopes"], float(a))
                   for t, (w, a) in enumerate(zip(header["stage_widths"], header["stage_skips"],
                                                  strict=True), start=2)]
+        stages += [AdaptiveFilterStage(tensors[f"stage{t}.weights"], int(n),
+                                       tensors[f"stage{t}.strength_thresholds"],
+                                       tensors[f"stage{t}.coherence_thresholds"])
+                   for t, n in enumerate(header.get("adaptive_angles", []),
+                                         start=2 + len(stages))]
         return ShrinkageCascade(first, stages)
     if header["kind"] == "shrinkage":            # the certificate is recomputed, never trusted
         return ShrinkageNetwork(tensors["filters"], tensors["knots"], float(header["width"]),

@@ -10,10 +10,19 @@ and `denoise_fne.py` (seed 1000 + image index). BM3D is taken from the `denoise_
 card. ``--save-models`` ships ``gray-s<sigma>-cascade<T>``. The JSON is rewritten after each
 sigma.
 
+``--adaptive-stages 1 --from-cascade`` builds on the shipped ``gray-s<sigma>-cascade<T>``
+(its stages are kept, not refitted) and adds a content-adaptive filter stage
+(`convexnn.model.adaptive`: one least-squares 7 x 7 filter of the estimate and of the noisy
+residual per structure-tensor class) trained on ``--adaptive-patches`` fresh patches; it ships
+as ``gray-s<sigma>-cascade<T>-adaptive``.
+
     CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \\
         python experiments/denoise_cascade.py --quick
     CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \\
         python experiments/denoise_cascade.py --sigmas 25 --save-models     # the committed run
+    CONVEXNN_SHARED_DATASETS=../shared/datasets PYTHONPATH=. \
+        python experiments/denoise_cascade.py --sigmas 25 --from-cascade --adaptive-stages 1 \
+        --save-models --tag _s25_adaptive
 """
 
 from __future__ import annotations
@@ -37,9 +46,10 @@ from experiments.denoise_natural import N_CHECK, noisy_of, patches, scores
 MODELS = Path(pretrained.MODELS_DIR)
 
 
-def stage_pairs(a, train, sigma: float, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+def stage_pairs(a, train, sigma: float, stage: int,
+                n_patches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     seed = a.seed + 100 * stage
-    clean = torch.from_numpy(patches(train, a.patches, a.patch_size, seed))[:, None]
+    clean = torch.from_numpy(patches(train, n_patches or a.patches, a.patch_size, seed))[:, None]
     return torch.from_numpy(noisy_of(clean.numpy(), sigma, seed + 1)), clean
 
 
@@ -65,12 +75,35 @@ def evaluate(a, model, set_name: str, sigma: float) -> dict:
             "seconds_per_image": (time.perf_counter() - t0) / len(images)}
 
 
+def span(first: int, last: int) -> str:
+    return str(last) if first == last else f"{first}..{last}"
+
+
+def solver_text(depth: int, first_solver: str, base_name: str | None, history: list) -> str:
+    """The card's solver line: stage 1's solver, then the exact least-squares stages (those of
+    the cascade built on, `base_name`, from its card)."""
+    worst = max(h["normal_residual"] for h in history)
+    if base_name is None:
+        per_class = ", one system per structure class in the adaptive stages" \
+            if any(h.get("kind") == "adaptive" for h in history) else ""
+        return (f"stage 1: {first_solver}; stages 2..{depth}: Cholesky (exact least squares"
+                f"{per_class}, normal-equation residual <= {worst:.1e})")
+    first_new = depth - len(history) + 1
+    return (f"stages 1..{first_new - 1}: {base_name} ({pretrained.card(base_name).solver}); "
+            f"stage {span(first_new, depth)}: Cholesky, one exact least-squares system per "
+            f"structure class (normal-equation residual <= {worst:.1e})")
+
+
 def save_pretrained(a, sigma: float, model, first_name: str, results: dict,
-                    baselines: dict) -> str:
+                    baselines: dict, base_name: str | None = None) -> str:
     depth = model.network_.depth
-    name = f"gray-s{sigma:g}-cascade{depth}"
+    name = f"gray-s{sigma:g}-cascade{a.stages}" + ("-adaptive" if a.adaptive_stages else "")
     save_model(model, MODELS / f"{name}.safetensors")
     first_card = pretrained.card(first_name)
+    adaptive_args = (f" --adaptive-stages {a.adaptive_stages} --adaptive-patches "
+                     f"{a.adaptive_patches} --adaptive-classes "
+                     + " ".join(map(str, a.adaptive_classes))
+                     + (" --from-cascade" if a.from_cascade else "")) if a.adaptive_stages else ""
     check_set = next(iter(results))
     card = {
         "name": name, "sigma": sigma / 255.0, "firmly_nonexpansive": False,
@@ -78,21 +111,24 @@ def save_pretrained(a, sigma: float, model, first_name: str, results: dict,
         "n_filters": int(model.network_.stages[0].filters.shape[0]), "frame": a.frame,
         "residual": True, "n_blocks": depth, "architecture": "shrinkage-cascade",
         "training_data": f"Train400 (DnCNN's gray set): stage 1 is {first_name} "
-                         f"({first_card.training_data}); stage t = 2..{depth}: {a.patches} "
+                         f"({first_card.training_data}); stage t = 2..{a.stages}: {a.patches} "
                          f"fresh random {a.patch_size} x {a.patch_size} patches, seed "
-                         f"{a.seed} + 100 t",
-        "training_pixels": int(model.history_[0]["training_pixels"]),
+                         f"{a.seed} + 100 t" + (
+                             f"; adaptive stage t = {span(a.stages + 1, depth)}: "
+                             f"{a.adaptive_patches} fresh patches, seed {a.seed} + 100 t"
+                             if a.adaptive_stages else ""),
+        "training_pixels": int(model.history_[-1]["training_pixels"]),
         "training_command": f"PYTHONPATH=. python experiments/denoise_cascade.py --save-models "
-                            f"--sigmas {sigma:g} --stages {depth} --patches {a.patches} "
+                            f"--sigmas {sigma:g} --stages {a.stages} --patches {a.patches} "
                             f"--patch-size {a.patch_size} --kernel {a.kernel} --frame {a.frame} "
-                            f"--seed {a.seed}",
+                            f"--seed {a.seed}" + adaptive_args,
         "n_patterns": 0, "beta_per_pixel": 0.0,
-        "solver": f"stage 1: {first_card.solver}; stages 2..{depth}: Cholesky (exact least "
-                  f"squares, normal-equation residual <= "
-                  f"{max(h['normal_residual'] for h in model.history_):.1e})",
+        "solver": solver_text(depth, first_card.solver, base_name, model.history_),
         "certified_gap": first_card.certified_gap,
         "fit_seconds": float(first_card.fit_seconds + sum(h["seconds"]
-                                                          for h in model.history_)),
+                                                          for h in model.history_)
+                             + (pretrained.card(base_name).fit_seconds - first_card.fit_seconds
+                                if base_name else 0.0)),
         "psnr": {s: {f"{sigma:g}": r["psnr_by_depth"][-1]} for s, r in results.items()},
         "baselines": {m: {s: {f"{sigma:g}": v} for s, v in by_set.items()}
                       for m, by_set in baselines.items() if by_set},
@@ -136,14 +172,17 @@ def plot(path: Path, payload: dict) -> None:
                 v = run["baselines"].get(m, {}).get(s)
                 if v is not None:
                     ax.axhline(v, color=style[0], ls=style[1:], label=f"{m.upper()} {v:.2f}")
-            ax.set_xticks(depth)
+            kinds = {h["stage"]: h.get("kind", "shrinkage") for h in run["history"]}
+            ax.set_xticks(depth, [f"{t}\nadaptive" if kinds.get(t) == "adaptive" else str(t)
+                                  for t in depth])
             ax.set_xlabel("depth (stages)")
             ax.set_ylabel("mean PSNR (dB)")
             ax.set_title(f"{s}, sigma {sg}/255: {r['psnr_by_depth'][-1]:.2f} dB at depth "
                          f"{depth[-1]}", fontsize=9)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
-    fig.suptitle("greedy shrinkage cascade, every stage an exact convex program", fontsize=10)
+    fig.suptitle("greedy shrinkage cascade, every stage an exact convex program\n"
+                 "(a content-adaptive filter stage where marked)", fontsize=10)
     fig.savefig(path, dpi=90)
 
 
@@ -158,6 +197,16 @@ def parse_args(argv):
     ap.add_argument("--frame", default="multiscale", choices=list(FRAMES),
                     help="the filters of stages 2..T (shrinkage_frame)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--adaptive-stages", type=int, default=0,
+                    help="content-adaptive filter stages after the T shrinkage stages")
+    ap.add_argument("--adaptive-patches", type=int, default=4000,
+                    help="training patches per adaptive stage")
+    ap.add_argument("--adaptive-classes", type=int, nargs=3, default=[12, 8, 3],
+                    metavar=("ANGLES", "STRENGTHS", "COHERENCES"),
+                    help="structure classes of an adaptive stage")
+    ap.add_argument("--from-cascade", action="store_true",
+                    help="keep the shipped gray-s<sigma>-cascade<T> and train only the "
+                         "adaptive stages")
     ap.add_argument("--max-images", type=int, default=0, help="first N test images (0: all)")
     ap.add_argument("--save-models", action="store_true")
     ap.add_argument("--tag", default="")
@@ -170,6 +219,13 @@ def parse_args(argv):
     if missing:
         ap.error(f"--sigmas: stage 1 is the shipped certified model, and {missing} is not "
                  f"shipped; shipped: {pretrained.names()}")
+    if a.from_cascade:
+        missing = [f"gray-s{s:g}-cascade{a.stages}" for s in a.sigmas
+                   if f"gray-s{s:g}-cascade{a.stages}" not in pretrained.names()]
+        if missing:
+            ap.error(f"--from-cascade: {missing} is not shipped; shipped: {pretrained.names()}")
+    if a.adaptive_stages < 0 or a.adaptive_patches < 1:
+        ap.error("--adaptive-stages / --adaptive-patches: expected >= 0 / >= 1")
     if a.stages < 2:
         ap.error(f"--stages: expected at least 2 (stage 1 is the shipped model), got {a.stages}")
     if a.quick:
@@ -177,6 +233,7 @@ def parse_args(argv):
             [25.0], ["set12"], 3, 40, 48, 2
         a.kernel = 5
         a.save_models = False
+        a.adaptive_patches, a.adaptive_classes = 40, [4, 2, 1]
     return a
 
 
@@ -193,12 +250,19 @@ def main(argv: list[str] | None = None) -> dict:
                "test_sets": a.sets, "sigma": {}}
     for sigma in a.sigmas:
         first_name = f"gray-s{sigma:g}-fne"
-        first = pretrained.load(first_name).net
+        base_name = f"gray-s{sigma:g}-cascade{a.stages}" if a.from_cascade else None
+        first = pretrained.load(base_name or first_name).net
         y, x = stage_pairs(a, train, sigma, 1)
         model = ConvexShrinkageCascade(sigma / 255.0, n_stages=a.stages, kernel_size=a.kernel,
-                                       frame=a.frame)
+                                       frame=a.frame, adaptive_stages=a.adaptive_stages,
+                                       adaptive_angles=a.adaptive_classes[0],
+                                       adaptive_strengths=a.adaptive_classes[1],
+                                       adaptive_coherences=a.adaptive_classes[2])
+        stages = [] if a.from_cascade else range(2, a.stages + 1)
+        adaptive = range(a.stages + 1, a.stages + 1 + a.adaptive_stages)
         model.fit(y, x, first=first,
-                  stage_data=[stage_pairs(a, train, sigma, t) for t in range(2, a.stages + 1)],
+                  stage_data=[stage_pairs(a, train, sigma, t) for t in stages]
+                  + [stage_pairs(a, train, sigma, t, a.adaptive_patches) for t in adaptive],
                   progress=not a.quiet)
         results = {s: evaluate(a, model, s, sigma) for s in a.sets}
         base = baselines_for(sigma, a.sets, first_name, full=not a.max_images)
@@ -206,10 +270,12 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"sigma {sigma:g} {s}: PSNR by depth "
                 + ", ".join(f"{p:.2f}" for p in r["psnr_by_depth"])
                 + "".join(f"; {m} {v[s]:.2f}" for m, v in base.items() if s in v))
-        run = {"first_stage": first_name, "history": model.history_, "results": results,
+        run = {"first_stage": first_name, "built_on": base_name, "history": model.history_,
+               "results": results,
                "baselines": base, "fit_seconds": model.seconds_}
         if a.save_models:
-            run["saved_as"] = save_pretrained(a, sigma, model, first_name, results, base)
+            run["saved_as"] = save_pretrained(a, sigma, model, first_name, results, base,
+                                              base_name)
         payload["sigma"][f"{sigma:g}"] = run
         write_json(out_dir / f"{stem}.json", {**payload,
                                               "seconds": time.perf_counter() - t_start})

@@ -798,3 +798,12 @@ def test_denoise_cascade_quick(tmp_path, monkeypatch):  # 15 s (Train400 and Set
     check = pretrained.card("gray-s25-fne").check["per_image_psnr"][:2]
     assert by_depth[0] == pytest.approx(float(np.mean(check)), abs=1e-6)
     assert by_depth[1] > by_depth[0] + 0.5      # the skip stage adds detail back (measured +1.3)
+    # one content-adaptive filter stage after the shrinkage stages: exact per-class LS
+    d = _load(EXPERIMENTS / "denoise_cascade.py", monkeypatch).main(
+        _quick_args(tmp_path) + ["--adaptive-stages", "1", "--tag", "_adaptive"])
+    run = d["sigma"]["25"]
+    rec = run["history"][-1]
+    assert rec["kind"] == "adaptive" and rec["n_classes"] == 4 * 2 * 1
+    assert rec["normal_residual"] < 1e-8 and rec["objective_after"] < rec["objective_before"]
+    assert run["results"]["set12"]["psnr_by_depth"][:3] == pytest.approx(by_depth, abs=1e-9)
+    assert len(run["results"]["set12"]["psnr_by_depth"]) == 4

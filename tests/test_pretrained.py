@@ -12,6 +12,8 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio
 
 from convexnn import Denoiser, pretrained
+from convexnn.model.adaptive import AdaptiveFilterStage
+from convexnn.model.cascade import CascadeStage
 from convexnn.model.shrinkage import shrinkage_frame
 
 SHARED = Path(os.environ.get("CONVEXNN_SHARED_DATASETS", "")) if os.environ.get(
@@ -53,7 +55,9 @@ def test_a_shrinkage_model_holds_the_frame_its_card_names():
             continue
         net = pretrained.load(name).net
         expect = shrinkage_frame(card.frame, card.kernel_size)
-        stages = [net] if card.architecture == "gradient-shrinkage" else list(net.stages)
+        stages = [net] if card.architecture == "gradient-shrinkage" else [
+            s for s in net.stages if isinstance(s, CascadeStage)]   # adaptive stages: no frame
+        assert stages
         for stage in stages:          # a cascade's stage 1 is its -fne model, checked above
             torch.testing.assert_close(stage.filters, expect, rtol=0, atol=0)
         assert card.n_filters == expect.shape[0]
@@ -131,7 +135,15 @@ def test_a_shipped_cascade_starts_from_the_certified_model_and_chains_its_stages
             for stage in den.net.stages:             # each stage sees z and the noisy x
                 z = stage(z, x)
             np.testing.assert_allclose(den(x).numpy(), z.numpy(), atol=1e-12)
-            assert all(abs(s.skip) < 1.0 for s in den.net.stages)
+            assert all(abs(s.skip) < 1.0 for s in den.net.stages if isinstance(s, CascadeStage))
+        adaptive = [s for s in den.net.stages if isinstance(s, AdaptiveFilterStage)]
+        if name.endswith("-adaptive"):   # the shipped shrinkage cascade, then its filter stage
+            base = pretrained.load(name.removesuffix("-adaptive")).net
+            assert len(adaptive) == 1 and den.net.stages[-1] is adaptive[0]
+            for kept, shipped in zip(den.net.stages[:-1], base.stages, strict=True):
+                torch.testing.assert_close(kept.slopes, shipped.slopes, rtol=0, atol=0)
+        else:
+            assert not adaptive
 
 
 def test_unknown_names_and_colour_inputs_get_clear_errors():

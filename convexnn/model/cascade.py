@@ -13,6 +13,8 @@ is linear in its parameters `(c_t, a_t)`, so given the
 previous stages its training is an exact least-squares problem; the cascade is trained greedily,
 stage by stage (as the greedy stacks of Sec. 4.3 of the core paper). Only stage 1 carries a
 certificate: the cascade makes no firm-nonexpansiveness claim (`lipschitz_certificate` None).
+Content-adaptive filter stages (`convexnn.model.adaptive`, one linear filter per structure
+class of `z`) may follow the shrinkage stages; they are called the same way, `stage(z, y)`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from .adaptive import AdaptiveFilterStage
 from .denoiser import Denoiser
 from .shrinkage import ShrinkageNetwork, shrinkage_residual
 
@@ -59,15 +62,17 @@ class CascadeStage(nn.Module):
 
 
 class ShrinkageCascade(Denoiser):
-    """`J_1` followed by the stages (module docstring): `model(y)` runs all of them,
-    `model.depths(y)` returns the estimate after each depth 1..T."""
+    """`J_1` followed by the stages (`CascadeStage` or `AdaptiveFilterStage`, module
+    docstring): `model(y)` runs all of them, `model.depths(y)` returns the estimate after each
+    depth 1..T."""
 
     def __init__(self, first: ShrinkageNetwork, stages: list[CascadeStage]) -> None:
         super().__init__()
         if not isinstance(first, ShrinkageNetwork):
             raise TypeError(f"first: expected a ShrinkageNetwork, got {type(first).__name__}")
-        if not all(isinstance(s, CascadeStage) for s in stages):
-            raise TypeError("stages: expected CascadeStage modules")
+        if not all(isinstance(s, (CascadeStage, AdaptiveFilterStage)) for s in stages):
+            raise TypeError(f"stages: expected CascadeStage or AdaptiveFilterStage modules, got "
+                            f"{[type(s).__name__ for s in stages]}")
         self.first = first
         self.stages = nn.ModuleList(stages)
 

@@ -15,8 +15,12 @@ Three architectures, each trained exactly by a convex program on the gray Train4
   certificate recomputed from the weights at every load; `experiments/denoise_fne.py`.
 - `gray-s<sigma>-cascade<T>`: the greedy shrinkage cascade (`convexnn.cascade`): the certified
   `-fne` model as stage 1, then T - 1 stages on the previous estimate and the noisy input, each
-  an exactly solved least-squares problem; the best convex-trained denoisers shipped, not
-  certified firmly nonexpansive; `experiments/denoise_cascade.py`.
+  an exactly solved least-squares problem; not certified firmly nonexpansive;
+  `experiments/denoise_cascade.py`.
+- `gray-s<sigma>-cascade<T>-adaptive`: that cascade followed by one content-adaptive filter
+  stage (`convexnn.model.adaptive`: a least-squares 7 x 7 filter of the estimate and of the
+  noisy residual per structure-tensor class of the estimate, one exact system per class); the
+  best convex-trained denoisers shipped.
 
 Each card holds the seeded command that regenerates the model and the measured PSNR table.
 Loading reads tensors and JSON only (no pickle) and works offline.
