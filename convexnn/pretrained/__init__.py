@@ -5,7 +5,7 @@
     den = pretrained.load("gray-s25")   # a Denoiser: den(x, sigma=None) on (B, 1, H, W) in [0, 1]
     den.card                            # ModelCard: noise level, guarantees, data, command, PSNR
 
-Three architectures, each trained exactly by a convex program on the gray Train400 set (DnCNN's):
+Four kinds, each trained exactly by convex programs on the gray Train400 set (DnCNN's):
 
 - `gray-s<sigma>` (and `-deep<B>` stacks): the residual two-layer ReLU network rebuilt by
   eq. 5 from an exactly solved dual (eq. 4, the default `fit()` path, certified gap in the
